@@ -1,0 +1,182 @@
+"""The `seqvit` command: one subcommand per pipeline stage (the Snakemake rules call these)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+from seqvit.errors import SeqvitError
+
+log = logging.getLogger("seqvit")
+
+
+def _config(args):
+    from seqvit.config import load_configs
+
+    return load_configs(args.config, getattr(args, "set", None) or [])
+
+
+def cmd_synth(args):
+    from seqvit.data.synthetic import synthesize
+    from seqvit.layout import Layout
+
+    cfg = _config(args)
+    paths = synthesize(cfg, Path(args.out) if args.out else Layout(cfg).raw_dir, progress=not args.quiet)
+    print(f"wrote {len(paths)} files")
+
+
+def cmd_regrid(args):
+    from seqvit.data.regrid import regrid_files
+
+    *inputs, output = args.files
+    if not inputs:
+        raise SeqvitError("regrid needs at least one input file and one output file: seqvit regrid IN.nc [IN.nc ...] OUT.nc")
+    regrid_files([Path(p) for p in inputs], Path(output), args.grid, args.method)
+    print(f"wrote {output}")
+
+
+def cmd_stats(args):
+    from seqvit.data.stats import compute_stats
+    from seqvit.layout import Layout
+
+    cfg = _config(args)
+    lay = Layout(cfg)
+    compute_stats(cfg, lay.regridded_all(), lay.stats, lay.climatology)
+    print(f"wrote {lay.stats} and {lay.climatology}")
+
+
+def cmd_tokenize(args):
+    from seqvit.data.tokenize import tokenize
+    from seqvit.layout import Layout
+
+    cfg = _config(args)
+    lay = Layout(cfg)
+    tokenize(cfg, lay.regridded_all(), lay.stats, args.patch_size, lay.tokens(args.patch_size))
+    print(f"wrote {lay.tokens(args.patch_size)}")
+
+
+def cmd_train(args):
+    from seqvit.layout import Layout
+    from seqvit.train.engine import train
+
+    cfg = _config(args)
+    lay = Layout(cfg)
+    train(cfg, lay.tokens(args.patch_size), lay.run_dir(args.patch_size), args.patch_size, progress=not args.quiet)
+    print(f"wrote {lay.run_dir(args.patch_size)}")
+
+
+def cmd_predict(args):
+    from seqvit.layout import Layout
+    from seqvit.train.predict import predict
+
+    cfg = _config(args)
+    lay = Layout(cfg)
+    out = lay.prediction(f"vit-p{args.patch_size}")
+    predict(cfg, lay.run_dir(args.patch_size), lay.tokens(args.patch_size), lay.stats, out)
+    print(f"wrote {out}")
+
+
+def cmd_baseline(args):
+    from seqvit.evaluate.baselines import run_baseline
+    from seqvit.layout import Layout
+
+    cfg = _config(args)
+    lay = Layout(cfg)
+    out = lay.prediction(args.name)
+    run_baseline(cfg, args.name, lay.regridded_all(), lay.stats, lay.climatology, out)
+    print(f"wrote {out}")
+
+
+def cmd_evaluate(args):
+    from seqvit.evaluate.report import evaluate
+    from seqvit.layout import Layout
+
+    cfg = _config(args)
+    lay = Layout(cfg)
+    names = lay.model_names() + lay.baseline_names()
+    evaluate(cfg, {n: lay.prediction(n) for n in names}, lay.regridded_all(), lay.climatology, lay.eval_dir)
+    print(f"wrote {lay.eval_dir / 'metrics.csv'}")
+
+
+def cmd_paths(args):
+    """Print the files the workflow produces for a config (handy for scripts and checks)."""
+    from seqvit.layout import Layout
+
+    lay = Layout(_config(args))
+    for name in lay.model_names() + lay.baseline_names():
+        print(lay.prediction(name))
+    print(lay.eval_dir / "metrics.csv")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="seqvit",
+        description="Rerun the ViT sequence-length experiment on ERA5, one stage at a time "
+        "(Snakemake runs them all: make demo).",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and full tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="STAGE")
+
+    def stage(name, func, help_text, config=True):
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if config:
+            p.add_argument(
+                "--config", action="append", required=True, metavar="C",
+                help="YAML config (repeat to merge several, later ones win)",
+            )
+            p.add_argument(
+                "--set", action="append", metavar="KEY=VALUE",
+                help="override a dotted config key, e.g. --set train.steps=100",
+            )
+        p.set_defaults(func=func)
+        return p
+
+    p = stage("synth", cmd_synth, "write the embedded ERA5-like source in the CDS netCDF layout")
+    p.add_argument("--out", help="folder for the raw files (default: <results>/raw)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    p = stage("regrid", cmd_regrid, "regrid ERA5-layout netCDF to a named grid", config=False)
+    p.add_argument("files", nargs="+", metavar="FILE", help="IN.nc [IN.nc ...] OUT.nc (inputs are concatenated in time)")
+    p.add_argument("--grid", default="5.625deg", help="target grid: 5.625deg, 2.8125deg, 1.40625deg, 1deg, 0.25deg")
+    p.add_argument("--method", default="conservative", choices=["conservative", "bilinear"])
+
+    stage("stats", cmd_stats, "training-years mean/std per channel and the day-of-year x hour climatology")
+
+    p = stage("tokenize", cmd_tokenize, "normalize and cut the fields into patch tokens (zarr)")
+    p.add_argument("--patch-size", type=int, required=True, metavar="P")
+
+    p = stage("train", cmd_train, "train the ViT for one patch size (resumes from its checkpoint)")
+    p.add_argument("--patch-size", type=int, required=True, metavar="P")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    p = stage("predict", cmd_predict, "forecast the test years with a trained ViT")
+    p.add_argument("--patch-size", type=int, required=True, metavar="P")
+
+    p = stage("baseline", cmd_baseline, "forecast the test years with a baseline")
+    p.add_argument("--name", required=True, choices=["climatology", "persistence", "linear"])
+
+    stage("evaluate", cmd_evaluate, "latitude-weighted RMSE/ACC of every model and baseline, table and figures")
+    stage("paths", cmd_paths, "print the main output paths for a config")
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    start = time.perf_counter()
+    try:
+        args.func(args)
+    except SeqvitError as exc:
+        if args.verbose:
+            raise
+        print(f"seqvit {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    log.info("%s done in %.1f s", args.command, time.perf_counter() - start)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

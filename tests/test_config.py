@@ -1,0 +1,47 @@
+import pytest
+import yaml
+
+from seqvit.config import load_config, load_configs
+from seqvit.errors import SeqvitError
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_demo_config_is_valid():
+    cfg = load_config(ROOT / "config" / "config.yaml")
+    assert cfg["grid"] == "5.625deg"
+
+
+def test_overrides_parse_yaml_values():
+    cfg = load_config(ROOT / "config" / "config.yaml", ["train.steps=7", "tokenize.patch_sizes=[2, 8]"])
+    assert cfg["train"]["steps"] == 7
+    assert cfg["tokenize"]["patch_sizes"] == [2, 8]
+
+
+def test_bad_override_names_the_problem():
+    with pytest.raises(SeqvitError, match="nosuch"):
+        load_config(ROOT / "config" / "config.yaml", ["nosuch.key=1"])
+    with pytest.raises(SeqvitError, match="dotted.key=value"):
+        load_config(ROOT / "config" / "config.yaml", ["train.steps"])
+
+
+def test_schema_error_names_the_key(tmp_path, demo_cfg):
+    demo_cfg["train"]["batch_size"] = 0
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(demo_cfg))
+    with pytest.raises(SeqvitError, match=r"bad.yaml: config key train.batch_size"):
+        load_config(path)
+
+
+def test_later_files_win_and_merge_deeply(tmp_path):
+    extra = tmp_path / "extra.yaml"
+    extra.write_text("train:\n  steps: 3\n")
+    cfg = load_configs([ROOT / "config" / "config.yaml", extra])
+    assert cfg["train"]["steps"] == 3
+    assert cfg["train"]["batch_size"] == 16  # untouched keys of the section survive
+
+
+def test_missing_file_says_so(tmp_path):
+    with pytest.raises(SeqvitError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")

@@ -1,0 +1,79 @@
+# Raw data -> regridded fields -> statistics and climatology.
+
+
+rule synth:
+    message:
+        "Generating the embedded ERA5-like source (CDS netCDF layout)"
+    output:
+        LAYOUT.raw_all(),
+    params:
+        source=config["source"],
+        data=config["data"],
+        code=source_hash("data/synthetic"),
+    log:
+        f"{RESULTS}/logs/synth.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/synth.tsv"
+    conda:
+        "../../envs/seqvit.yaml"
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    shell:
+        "seqvit synth {CONFIG_ARGS} --quiet > {log} 2>&1"
+
+
+rule regrid:
+    message:
+        "Regridding {wildcards.group} {wildcards.year} to {params.grid} ({params.method})"
+    input:
+        lambda wc: LAYOUT.raw_year(wc.group, int(wc.year)),
+    output:
+        f"{RESULTS}/regridded/{{group}}/{{year}}.nc",
+    wildcard_constraints:
+        group="single-levels|pressure-levels",
+        year=r"\d{4}",
+    params:
+        grid=config["grid"],
+        method=config.get("regrid", {}).get("method", "conservative"),
+        code=source_hash("data/regrid", "data/era5", "data/grids"),
+    log:
+        f"{RESULTS}/logs/regrid/{{group}}_{{year}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/regrid/{{group}}_{{year}}.tsv"
+    conda:
+        "../../envs/seqvit.yaml"
+    resources:
+        mem_mb=3000,
+        runtime=60,
+    shell:
+        "seqvit regrid {input} {output} --grid {params.grid} --method {params.method} > {log} 2>&1"
+
+
+rule stats:
+    message:
+        "Statistics and climatology over the training years"
+    input:
+        LAYOUT.regridded_all(),
+    output:
+        stats=report(
+            LAYOUT.stats,
+            caption="../report/stats.rst",
+            category="2. Data",
+        ),
+        climatology=LAYOUT.climatology,
+    params:
+        data=config["data"],
+        splits=config["splits"],
+        code=source_hash("data/stats", "data/fields"),
+    log:
+        f"{RESULTS}/logs/stats.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/stats.tsv"
+    conda:
+        "../../envs/seqvit.yaml"
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    shell:
+        "seqvit stats {CONFIG_ARGS} > {log} 2>&1"

@@ -1,0 +1,73 @@
+# Baseline forecasts, scores of every model and baseline, figures.
+
+
+rule baseline:
+    message:
+        "Forecasting the test years with the {wildcards.name} baseline"
+    input:
+        fields=LAYOUT.regridded_all(),
+        stats=LAYOUT.stats,
+        climatology=LAYOUT.climatology,
+    output:
+        f"{RESULTS}/predictions/{{name}}.nc",
+    wildcard_constraints:
+        name="climatology|persistence|linear",
+    params:
+        evaluate=config["evaluate"],
+        splits=config["splits"],
+        code=source_hash("evaluate/baselines", "data/fields"),
+    log:
+        f"{RESULTS}/logs/baseline/{{name}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/baseline/{{name}}.tsv"
+    conda:
+        "../../envs/seqvit.yaml"
+    resources:
+        mem_mb=6000,
+        runtime=30,
+    shell:
+        "seqvit baseline {CONFIG_ARGS} --name {wildcards.name} > {log} 2>&1"
+
+
+rule evaluate:
+    message:
+        "Scoring every model and baseline on the test years"
+    input:
+        predictions=[LAYOUT.prediction(n) for n in LAYOUT.model_names() + LAYOUT.baseline_names()],
+        fields=LAYOUT.regridded_all(),
+        climatology=LAYOUT.climatology,
+    output:
+        metrics=report(
+            f"{RESULTS}/eval/metrics.csv",
+            caption="../report/metrics.rst",
+            category="4. Evaluation",
+        ),
+        table=report(
+            f"{RESULTS}/eval/rmse_table.csv",
+            caption="../report/rmse_table.rst",
+            category="4. Evaluation",
+        ),
+        figure=report(
+            f"{RESULTS}/eval/rmse_vs_lead.png",
+            caption="../report/rmse_vs_lead.rst",
+            category="4. Evaluation",
+        ),
+        maps=report(
+            f"{RESULTS}/eval/maps.png",
+            caption="../report/maps.rst",
+            category="4. Evaluation",
+        ),
+    params:
+        evaluate=config["evaluate"],
+        code=source_hash("evaluate", "data/fields", "data/grids"),
+    log:
+        f"{RESULTS}/logs/evaluate.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/evaluate.tsv"
+    conda:
+        "../../envs/seqvit.yaml"
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    shell:
+        "seqvit evaluate {CONFIG_ARGS} > {log} 2>&1"
