@@ -45,3 +45,11 @@ def test_later_files_win_and_merge_deeply(tmp_path):
 def test_missing_file_says_so(tmp_path):
     with pytest.raises(SeqvitError, match="config file not found"):
         load_config(tmp_path / "nope.yaml")
+
+
+def test_snakemake_config_overrides_round_trip(demo_cfg):
+    from seqvit.config import apply_overrides, flatten_overrides
+
+    overrides = {"train": {"steps": 5, "lead_hours": [6, 24]}, "grid": "1deg"}
+    cfg = apply_overrides(demo_cfg, flatten_overrides(overrides))
+    assert cfg["train"]["steps"] == 5 and cfg["train"]["lead_hours"] == [6, 24] and cfg["grid"] == "1deg"

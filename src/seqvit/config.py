@@ -80,3 +80,15 @@ def validate(cfg: dict, source: str = "config") -> None:
         first = errors[0]
         key = ".".join(str(p) for p in first.path) or "(top level)"
         raise SeqvitError(f"{source}: config key {key}: {first.message}")
+
+
+def flatten_overrides(overrides: dict, prefix: str = "") -> list[str]:
+    """Turn a nested dict (Snakemake's `--config k=v` values) into `dotted.key=value` strings."""
+    items = []
+    for key, value in overrides.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict):
+            items += flatten_overrides(value, f"{dotted}.")
+        else:
+            items.append(f"{dotted}={yaml.safe_dump(value, default_flow_style=True).strip().removesuffix('...').strip()}")
+    return items

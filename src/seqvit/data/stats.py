@@ -1,0 +1,292 @@
+"""Normalization statistics and climatology, from the training years only.
+
+stats.nc: mean and standard deviation per channel over every time step of the training years
+and every grid point (unweighted, population std), accumulated in float64 and merged chunk by
+chunk with the parallel update of Chan, Golub and LeVeque (1979), so streaming over time does
+not lose precision.
+
+climatology.nc: the mean per channel, day of year (1..366) and hour of day, as WeatherBench2
+computes it (weatherbench2 utils.compute_hourly_stat): for each hour, the samples of each day of
+year are averaged over the years and over a 61-day triangular window along the day of year
+that wraps around the year end; in years without 29 February day 366 repeats day 365. Sums and
+counts per (day of year, hour) are accumulated in float64 and smoothed once at the end.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from seqvit.data.fields import channel_names, open_channels, split_times
+from seqvit.errors import SeqvitError
+from seqvit.io import atomic_path
+
+DAYS_OF_YEAR = 366
+WINDOW_DAYS = 61  # WeatherBench2's climatology window
+_CHUNK_BYTES = 64 * 2**20  # float32 input per update (float64 copies double it)
+
+
+def triangular_window(window_days: int = WINDOW_DAYS) -> np.ndarray:
+    """WeatherBench2 weights: linear from 0 at both ends to 1 in the middle (61 days: offsets -30..30)."""
+    if window_days % 2 != 1:
+        raise SeqvitError(f"climatology window must be an odd number of days, got {window_days}")
+    half = window_days // 2
+    return 1.0 - np.abs(np.arange(-half, half + 1)) / half
+
+
+def _circular_smoother(window_days: int = WINDOW_DAYS) -> np.ndarray:
+    """(366, 366) matrix whose row d holds the window weights of the days around d, wrapping around."""
+    weights = triangular_window(window_days)
+    half = window_days // 2
+    offset = (np.arange(DAYS_OF_YEAR)[None, :] - np.arange(DAYS_OF_YEAR)[:, None] + DAYS_OF_YEAR // 2) % DAYS_OF_YEAR
+    offset -= DAYS_OF_YEAR // 2  # signed distance from day d to day j, in (-183, 183]
+    return np.where(np.abs(offset) <= half, weights[np.clip(offset + half, 0, window_days - 1)], 0.0)
+
+
+class _Moments:
+    """Streaming per-channel count, mean and sum of squared deviations (float64)."""
+
+    def __init__(self, n_channels: int):
+        self.count = 0
+        self.mean = np.zeros(n_channels)
+        self.m2 = np.zeros(n_channels)
+
+    def update(self, values: np.ndarray) -> None:
+        """values: (time, channel, latitude, longitude)."""
+        chunk = values.astype(np.float64)
+        n = chunk.shape[0] * chunk.shape[2] * chunk.shape[3]
+        if n == 0:
+            return
+        mean = chunk.mean(axis=(0, 2, 3))
+        chunk -= mean[None, :, None, None]
+        m2 = np.einsum("tcyx,tcyx->c", chunk, chunk)
+        total = self.count + n
+        delta = mean - self.mean
+        self.mean = self.mean + delta * (n / total)
+        self.m2 = self.m2 + m2 + delta**2 * (self.count * n / total)
+        self.count = total
+
+    @property
+    def std(self) -> np.ndarray:
+        return np.sqrt(self.m2 / self.count)
+
+
+class _Climatology:
+    """Sums and counts per (day of year, hour), then the smoothed mean."""
+
+    def __init__(self, n_channels: int, hours, shape: tuple[int, int]):
+        self.hours = [int(h) for h in hours]
+        self.shape = shape
+        self.sums = np.zeros((n_channels, DAYS_OF_YEAR * len(self.hours), *shape))
+        self.counts = np.zeros(DAYS_OF_YEAR * len(self.hours))
+
+    def slots(self, times: pd.DatetimeIndex) -> np.ndarray:
+        hours = times.hour.values
+        off = ~np.isin(hours, self.hours) | (times.minute.values != 0) | (times.second.values != 0)
+        if off.any():
+            shown = sorted({t.strftime("%H:%M") for t in times[off][:1000]})[:5]
+            raise SeqvitError(
+                f"regridded data has times at {', '.join(shown)}, not among data.hours {self.hours}; "
+                "list every hour of the data in the config key data.hours"
+            )
+        hour_index = np.zeros(24, dtype=np.int64)
+        hour_index[self.hours] = np.arange(len(self.hours))
+        return (times.day_of_year.values - 1) * len(self.hours) + hour_index[hours]
+
+    def update(self, times: pd.DatetimeIndex, values: np.ndarray) -> None:
+        slots = self.slots(times)
+        by_channel = values.transpose(1, 0, 2, 3)
+        self._add(slots, by_channel)
+        # As WeatherBench2 does, a year without 29 February fills day 366 with its day 365, so
+        # every day of year gets one sample per year.
+        dec31 = (times.day_of_year.values == 365) & ~times.is_leap_year
+        if dec31.any():
+            self._add(slots[dec31] + len(self.hours), by_channel[:, dec31])
+
+    def _add(self, slots: np.ndarray, by_channel: np.ndarray) -> None:
+        if np.unique(slots).size == slots.size:
+            self.sums[:, slots] += by_channel
+        else:  # repeated slots (several years in one chunk) need an unbuffered add
+            np.add.at(self.sums, (slice(None), slots), by_channel)
+        np.add.at(self.counts, slots, 1)
+
+    def smoothed(self) -> np.ndarray:
+        """(channel, dayofyear, hour, latitude, longitude) float32."""
+        n_hours = len(self.hours)
+        smoother = _circular_smoother()
+        counts = smoother @ self.counts.reshape(DAYS_OF_YEAR, n_hours)
+        # Days with no training data within the window (a config restricted to some months) stay
+        # NaN; climatology_at refuses them, so nothing downstream uses an undefined value.
+        counts = np.where(counts > 0, counts, np.nan)
+        out = np.empty((self.sums.shape[0], DAYS_OF_YEAR, n_hours, *self.shape), dtype=np.float32)
+        for channel in range(self.sums.shape[0]):
+            sums = smoother @ self.sums[channel].reshape(DAYS_OF_YEAR, -1)
+            out[channel] = (sums.reshape(DAYS_OF_YEAR, n_hours, -1) / counts[:, :, None]).reshape(out.shape[1:])
+        return out
+
+
+def _years_by_file(paths) -> dict[Path, set[int]]:
+    years = {}
+    for path in paths:
+        path = Path(path)
+        if not path.exists():
+            raise SeqvitError(f"{path}: regridded file not found; run the regrid stage first")
+        with xr.open_dataset(path) as ds:
+            if "time" not in ds.dims:
+                raise SeqvitError(f"{path}: no 'time' dimension; expected a regridded file in the canonical layout")
+            years[path] = set(pd.DatetimeIndex(ds["time"].values).year.tolist())
+    return years
+
+
+def compute_stats(cfg: dict, regridded_paths, stats_out, clim_out) -> None:
+    """Write stats.nc (mean, std per channel) and climatology.nc from the training years."""
+    channels = channel_names(cfg)
+    hours = cfg["data"].get("hours")
+    if not hours:
+        raise SeqvitError("config key data.hours is missing; list the hours of day of the data, e.g. [0, 6, 12, 18]")
+    if not (cfg.get("splits") or {}).get("train"):
+        raise SeqvitError("config key splits.train is missing or empty; list the training years, e.g. [2015, 2016]")
+    train_years = sorted(int(y) for y in cfg["splits"]["train"])
+    years_by_file = _years_by_file(regridded_paths)
+    found = sorted(set().union(*years_by_file.values()))
+    missing = [year for year in train_years if year not in found]
+    if missing:  # statistics from part of the training split would be silently different
+        raise SeqvitError(
+            f"config key splits.train = {train_years}: no data for {missing}; the regridded files hold the years "
+            f"{found}; regrid those years (list them in data.years) or change splits.train"
+        )
+    wanted = train_years
+
+    moments = _Moments(len(channels))
+    climatology = None
+    grid = None
+    for year in wanted:  # one year at a time keeps memory to one year of fields
+        files = [path for path, years in years_by_file.items() if year in years]
+        fields = open_channels(files, channels)
+        times = pd.DatetimeIndex(fields["time"].values)
+        keep = split_times(times, cfg, "train") & (times.year == year)
+        times = times[keep]
+        if times.has_duplicates:
+            raise SeqvitError(f"time {times[times.duplicated()][0]} appears twice in the regridded files of {year}: {files}")
+        lat_lon = (fields["latitude"].values, fields["longitude"].values)
+        if grid is None:
+            grid = lat_lon
+            climatology = _Climatology(len(channels), hours, (lat_lon[0].size, lat_lon[1].size))
+        elif not all(np.array_equal(a, b) for a, b in zip(grid, lat_lon)):
+            raise SeqvitError(f"regridded files of {year} are on another grid than earlier years: {files}")
+        values = fields.values if keep.all() else fields.values[keep]
+        del fields
+        step = max(1, _CHUNK_BYTES // max(values[:1].nbytes, 1))
+        for start in range(0, len(times), step):
+            chunk = values[start : start + step]
+            moments.update(chunk)
+            climatology.update(times[start : start + step], chunk)
+
+    if moments.count == 0:
+        raise SeqvitError(f"config key splits.train = {train_years}: no time steps of those years in the regridded files (found {found})")
+    if np.any(moments.std == 0):
+        flat = [c for c, s in zip(channels, moments.std) if s == 0]
+        raise SeqvitError(f"channels {flat} are constant over the training years; normalizing them would divide by zero")
+
+    attrs = {"train_years": wanted, "history": "seqvit stats"}
+    stats = xr.Dataset(
+        {
+            "mean": ("channel", moments.mean, {"long_name": "mean over the training years and all grid points"}),
+            "std": ("channel", moments.std, {"long_name": "standard deviation (population) over the same samples"}),
+        },
+        coords={"channel": np.array(channels, dtype=object)},
+        attrs={**attrs, "samples_per_channel": moments.count},
+    )
+    with atomic_path(stats_out) as tmp:
+        stats.to_netcdf(tmp, format="NETCDF4")
+
+    lat, lon = grid
+    clim = xr.Dataset(
+        {
+            "climatology": (
+                ("channel", "dayofyear", "hour", "latitude", "longitude"),
+                climatology.smoothed(),
+                {
+                    "long_name": "mean by day of year and hour of day over the training years",
+                    "smoothing": f"{WINDOW_DAYS}-day triangular window along day of year, circular (WeatherBench2)",
+                },
+            )
+        },
+        coords={
+            "channel": np.array(channels, dtype=object),
+            "dayofyear": np.arange(1, DAYS_OF_YEAR + 1),
+            "hour": np.array(climatology.hours, dtype=np.int64),
+            "latitude": ("latitude", lat, {"units": "degrees_north", "standard_name": "latitude"}),
+            "longitude": ("longitude", lon, {"units": "degrees_east", "standard_name": "longitude"}),
+        },
+        attrs=attrs,
+    )
+    plane_bytes = len(climatology.hours) * lat.size * lon.size * 4
+    encoding = {
+        "climatology": {
+            "zlib": True,
+            "complevel": 1,
+            "chunksizes": (1, max(1, min(DAYS_OF_YEAR, 2**20 // plane_bytes)), len(climatology.hours), lat.size, lon.size),
+        }
+    }
+    with atomic_path(clim_out) as tmp:
+        clim.to_netcdf(tmp, format="NETCDF4", encoding=encoding)
+
+
+# ---- readers used by later stages ----------------------------------------------------------
+
+
+def load_stats(path) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(mean, std, channels) from stats.nc; mean and std are float64 arrays over channels."""
+    path = Path(path)
+    if not path.exists():
+        raise SeqvitError(f"{path}: statistics file not found; run `seqvit stats` first")
+    with xr.open_dataset(path) as ds:
+        for name in ("mean", "std"):
+            if name not in ds or ds[name].dims != ("channel",):
+                raise SeqvitError(f"{path}: no variable {name!r}(channel); rerun `seqvit stats`")
+        return (
+            ds["mean"].values.astype(np.float64),
+            ds["std"].values.astype(np.float64),
+            [str(c) for c in ds["channel"].values],
+        )
+
+
+def load_climatology(path) -> xr.DataArray:
+    """climatology(channel, dayofyear, hour, latitude, longitude), loaded into memory."""
+    path = Path(path)
+    if not path.exists():
+        raise SeqvitError(f"{path}: climatology file not found; run `seqvit stats` first")
+    with xr.open_dataset(path) as ds:
+        if "climatology" not in ds:
+            raise SeqvitError(f"{path}: no variable 'climatology'; rerun `seqvit stats`")
+        clim = ds["climatology"].load()
+    return clim.assign_coords(channel=[str(c) for c in clim["channel"].values])
+
+
+def climatology_at(clim: xr.DataArray, times) -> xr.DataArray:
+    """The climatology for each of `times`: (time, channel, latitude, longitude)."""
+    times = pd.DatetimeIndex(np.asarray(times).ravel())
+    available = [int(h) for h in clim["hour"].values]
+    missing = sorted(set(times.hour) - set(available))
+    if missing or np.any(times.minute) or np.any(times.second):
+        raise SeqvitError(
+            f"climatology has hours {available}; times at other hours ({missing or 'not on the hour'}) "
+            "have no climatology (config key data.hours)"
+        )
+    hour_position = {h: i for i, h in enumerate(available)}
+    day_positions = xr.DataArray(times.day_of_year.values - 1, dims="time")
+    hour_positions = xr.DataArray([hour_position[h] for h in times.hour], dims="time")
+    out = clim.isel(dayofyear=day_positions, hour=hour_positions).drop_vars(["dayofyear", "hour"])
+    undefined = np.isnan(out.isel(channel=0, latitude=0, longitude=0).values)
+    if undefined.any():
+        first = times[undefined][0]
+        raise SeqvitError(
+            f"climatology: no training data within {WINDOW_DAYS // 2} days of {first:%m-%d %H}h (day-of-year "
+            f"{first.day_of_year}); the training years and months (config keys splits.train, data.months) must "
+            "cover the dates evaluated"
+        )
+    return out.assign_coords(time=times.values).transpose("time", "channel", "latitude", "longitude")
