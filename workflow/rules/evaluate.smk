@@ -15,7 +15,7 @@ rule baseline:
     params:
         evaluate=config["evaluate"],
         splits=config["splits"],
-        code=source_hash("evaluate/baselines", "data/fields"),
+        code=source_hash("evaluate/baselines", "data/fields", "data/stats", "data/grids"),
     log:
         f"{RESULTS}/logs/baseline/{{name}}.log",
     benchmark:
@@ -52,6 +52,8 @@ rule evaluate:
             caption="../report/rmse_vs_lead.rst",
             category="4. Evaluation",
         ),
+        figure_pdf=f"{RESULTS}/eval/rmse_vs_lead.pdf",
+        per_time=f"{RESULTS}/eval/per_time.nc",
         maps=report(
             f"{RESULTS}/eval/maps.png",
             caption="../report/maps.rst",
@@ -59,7 +61,7 @@ rule evaluate:
         ),
     params:
         evaluate=config["evaluate"],
-        code=source_hash("evaluate", "data/fields", "data/grids"),
+        code=source_hash("evaluate", "data/fields", "data/stats", "data/grids"),
     log:
         f"{RESULTS}/logs/evaluate.log",
     benchmark:

@@ -1,0 +1,132 @@
+"""Evaluation figures: RMSE against lead time, and truth/forecast/error maps for one case.
+
+Figures are drawn on matplotlib Figure objects with the Agg canvas (no pyplot, no display), and
+saved atomically.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from seqvit.data.grids import lat_bounds, lon_bounds
+from seqvit.errors import SeqvitError
+from seqvit.io import atomic_path
+
+_UNITS = {"t2m": "K", "t": "K", "z": "m² s⁻²", "u": "m s⁻¹", "v": "m s⁻¹", "q": "kg kg⁻¹", "msl": "Pa", "sp": "Pa"}
+_LONG_NAMES = {"t2m": "2 m temperature", "t": "temperature", "z": "geopotential", "u": "zonal wind", "v": "meridional wind"}
+BASELINE_NAMES = ("climatology", "persistence", "linear")
+
+
+def channel_units(channel: str) -> str:
+    """Physical units of a channel name such as t2m or t_850 ('' when unknown)."""
+    return _UNITS.get(channel, _UNITS.get(channel.partition("_")[0], ""))
+
+
+def channel_label(channel: str) -> str:
+    var, _, level = channel.partition("_")
+    if channel in _LONG_NAMES:
+        return f"{channel} ({_LONG_NAMES[channel]})"
+    if level.isdigit() and var in _LONG_NAMES:
+        return f"{channel} ({_LONG_NAMES[var]}, {level} hPa)"
+    return channel
+
+
+def _save(fig: Figure, path: Path, dpi: int = 150) -> Path:
+    path = Path(path)
+    fmt = path.suffix.lstrip(".").lower()
+    if not fmt:
+        raise SeqvitError(f"{path}: figure path needs an extension such as .png or .pdf")
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format=fmt, dpi=dpi, bbox_inches="tight")  # tmp has no usable suffix
+    return path
+
+
+def rmse_vs_lead(metrics_df: pd.DataFrame, out_png, metric: str = "rmse") -> tuple[Path, Path]:
+    """One panel per variable, one line per model: `metric` against lead time. Writes PNG and PDF."""
+    needed = {"model", "variable", "lead_hours", metric}
+    if not needed <= set(metrics_df.columns):
+        raise SeqvitError(f"metrics table lacks columns {sorted(needed - set(metrics_df.columns))} for the RMSE figure")
+    if metrics_df.empty:
+        raise SeqvitError("metrics table is empty: nothing to plot; check that predictions were given to evaluate")
+    variables = list(dict.fromkeys(metrics_df["variable"]))
+    models = list(dict.fromkeys(metrics_df["model"]))
+    ncols = min(len(variables), 3)
+    nrows = int(np.ceil(len(variables) / ncols))
+    fig = Figure(figsize=(4.6 * ncols, 3.6 * nrows), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
+    colors = {m: f"C{i % 10}" for i, m in enumerate(models)}
+    for ax, variable in zip(axes, variables):
+        rows = metrics_df[metrics_df["variable"] == variable]
+        for model in models:
+            line = rows[rows["model"] == model].sort_values("lead_hours")
+            if line.empty:
+                continue
+            baseline = model in BASELINE_NAMES
+            ax.plot(
+                line["lead_hours"],
+                line[metric],
+                marker="s" if baseline else "o",
+                linestyle="--" if baseline else "-",
+                linewidth=1.4 if baseline else 2.2,
+                color=colors[model],
+                label=model,
+            )
+        units = channel_units(variable)
+        ax.set_title(channel_label(variable))
+        ax.set_xlabel("lead time [h]")
+        ax.set_ylabel(f"{metric.upper()} [{units}]" if units else metric.upper())
+        ax.set_xticks(sorted(rows["lead_hours"].unique()))
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+    for ax in axes[len(variables):]:
+        ax.set_visible(False)
+    # One legend for all panels, below them, so it never hides a line.
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 6), frameon=False)
+    out_png = Path(out_png)
+    return _save(fig, out_png), _save(fig, out_png.with_suffix(".pdf"))
+
+
+def maps_png(truth, forecast, out_png, model: str = "forecast", title: str = "") -> Path:
+    """Truth, forecast and forecast-minus-truth maps of one (latitude, longitude) field."""
+    for name, field in (("truth", truth), ("forecast", forecast)):
+        if tuple(field.dims) != ("latitude", "longitude"):
+            raise SeqvitError(f"maps: {name} must be a (latitude, longitude) DataArray, got dims {field.dims}")
+    lat = truth["latitude"].values
+    lon = truth["longitude"].values
+    lat_edges, lon_edges = lat_bounds(lat), lon_bounds(lon)
+    channel = str(truth["channel"].values) if "channel" in truth.coords else ""
+    units = channel_units(channel)
+    truth_values = np.asarray(truth.values, dtype=np.float64)
+    forecast_values = np.asarray(forecast.values, dtype=np.float64)
+    error = forecast_values - truth_values
+    low, high = np.nanpercentile(np.concatenate([truth_values.ravel(), forecast_values.ravel()]), [1, 99])
+    # A few large local errors should not wash out the rest of the error map.
+    error_max = float(np.nanpercentile(np.abs(error), 99)) or float(np.nanmax(np.abs(error))) or 1.0
+
+    fig = Figure(figsize=(15, 3.9), layout="constrained")
+    axes = fig.subplots(1, 3)
+    panels = [
+        ("truth", truth_values, "RdYlBu_r", low, high),
+        (f"{model} forecast", forecast_values, "RdYlBu_r", low, high),
+        ("forecast − truth", error, "RdBu_r", -error_max, error_max),
+    ]
+    for ax, (label, values, cmap, vmin, vmax) in zip(axes, panels):
+        mesh = ax.pcolormesh(lon_edges, lat_edges, values, cmap=cmap, vmin=vmin, vmax=vmax, shading="flat")
+        ax.set_title(label)
+        ax.set_xlabel("longitude [°E]")
+        ax.set_aspect("equal")
+        ax.set_xlim(lon_edges[0], lon_edges[-1])
+        ax.set_ylim(-90, 90)
+        ax.set_xticks(np.arange(0, 361, 90))
+        ax.set_yticks(np.arange(-90, 91, 45))
+        bar = fig.colorbar(mesh, ax=ax, orientation="horizontal", shrink=0.85, pad=0.02, extend="both")
+        bar.set_label(f"{channel} [{units}]" if units else channel)
+    axes[0].set_ylabel("latitude [°N]")
+    if title:
+        fig.suptitle(title)
+    return _save(fig, out_png)

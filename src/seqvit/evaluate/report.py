@@ -1,0 +1,217 @@
+"""The evaluate stage: score every prediction file against the regridded truth on the same cases.
+
+Writes, under out_dir:
+    metrics.csv       run, model, variable, lead_hours, rmse, acc, bias, mse, rmse_mean_per_time, n_times
+    rmse_table.csv    one row per model, one column per variable and lead (headline RMSE)
+    per_time.nc       per-time mse, bias, acc (model, lead_hours, time, channel) for later reductions
+    rmse_vs_lead.png  (+ .pdf) RMSE against lead, a panel per variable
+    maps.png          truth / forecast / error of one test case for the first ViT model
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from seqvit.data.fields import open_channels
+from seqvit.errors import SeqvitError
+from seqvit.evaluate import figures, metrics
+from seqvit.data.stats import load_climatology
+from seqvit.evaluate.baselines import climatology_for
+from seqvit.io import atomic_path
+
+METRIC_COLUMNS = ["run", "model", "variable", "lead_hours", "rmse", "acc", "bias", "mse", "rmse_mean_per_time", "n_times"]
+PREDICTION_DIMS = ("lead_hours", "time", "channel", "latitude", "longitude")
+
+
+def _open_prediction(name: str, path: Path) -> xr.DataArray:
+    """The forecast variable of predictions/{name}.nc, lazily (data stay on disk)."""
+    if not path.exists():
+        raise SeqvitError(f"{path}: prediction file of {name!r} not found; run the predict stage or baseline that writes it")
+    ds = xr.open_dataset(path)
+    if "forecast" not in ds:
+        raise SeqvitError(f"{path}: no variable 'forecast' (has {sorted(ds.data_vars)}); rewrite it with the predict stage")
+    forecast = ds["forecast"]
+    if tuple(forecast.dims) != PREDICTION_DIMS:
+        raise SeqvitError(f"{path}: forecast has dims {forecast.dims}; expected {PREDICTION_DIMS}; rewrite it with the current code")
+    return forecast
+
+
+def _check_same_cases(reference_path: Path, reference: xr.DataArray, path: Path, forecast: xr.DataArray) -> None:
+    """All models must be scored on the same init times, leads, channels and grid."""
+    for coord in PREDICTION_DIMS:
+        ref_values, values = reference[coord].values, forecast[coord].values
+        same = ref_values.shape == values.shape and (
+            np.allclose(ref_values, values) if np.issubdtype(values.dtype, np.floating) else bool(np.all(ref_values == values))
+        )
+        if not same:
+            def show(v):
+                v = [str(x) for x in v]
+                return v if len(v) <= 6 else [*v[:3], "...", *v[-2:], f"({len(v)} values)"]
+            raise SeqvitError(
+                f"{path}: coordinate {coord!r} differs from {reference_path} ({show(values)} vs {show(ref_values)}); "
+                "every prediction must cover the same init times, leads, channels and grid -- "
+                "rerun the stage that wrote the stale file with the current config"
+            )
+
+
+def _check_config(cfg: dict, path: Path, forecast: xr.DataArray) -> None:
+    section = cfg.get("evaluate") or {}
+    expected_channels = [str(v) for v in section.get("variables", [])]
+    expected_leads = [int(h) for h in section.get("lead_hours", [])]
+    channels = [str(c) for c in forecast["channel"].values]
+    leads = [int(h) for h in forecast["lead_hours"].values]
+    if expected_channels and channels != expected_channels:
+        raise SeqvitError(f"{path}: channels {channels} but config key evaluate.variables is {expected_channels}; rerun the stage that wrote it")
+    if expected_leads and leads != expected_leads:
+        raise SeqvitError(f"{path}: lead hours {leads} but config key evaluate.lead_hours is {expected_leads}; rerun the stage that wrote it")
+
+
+def _truth_and_climatology(truth_all: xr.DataArray, clim: xr.DataArray, clim_path, channels, inits, lead) -> tuple[xr.DataArray, xr.DataArray]:
+    """Truth and climatology at the valid times of `lead`, labelled by init time."""
+    valid = pd.DatetimeIndex(inits) + pd.Timedelta(hours=int(lead))
+    have = pd.DatetimeIndex(truth_all["time"].values)
+    missing = valid[~valid.isin(have)]
+    if len(missing):
+        raise SeqvitError(
+            f"lead {lead} h: {len(missing)} valid times (first {missing[0]}) are not in the regridded files; "
+            "pass the regridded files of all test years"
+        )
+    truth = truth_all.sel(time=valid.values).assign_coords(time=inits)
+    clim_at_valid = climatology_for(clim, channels, valid, clim_path).assign_coords(time=inits)
+    return truth, clim_at_valid
+
+
+def rmse_table(metrics_df: pd.DataFrame) -> pd.DataFrame:
+    """Wide headline-RMSE table: index model (first-seen order), columns '{variable}_{lead}h'."""
+    models = list(dict.fromkeys(metrics_df["model"]))
+    variables = list(dict.fromkeys(metrics_df["variable"]))
+    leads = sorted(metrics_df["lead_hours"].unique())
+    table = metrics_df.pivot(index="model", columns=["variable", "lead_hours"], values="rmse")
+    table = table.reindex(index=models, columns=pd.MultiIndex.from_product([variables, leads]))
+    table.columns = [f"{v}_{int(h)}h" for v, h in table.columns]
+    table.index.name = "model"
+    return table
+
+
+def _write_csv(df: pd.DataFrame, path: Path, index: bool) -> None:
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, index=index)
+
+
+def _pick_map_model(names) -> tuple[str, str]:
+    vit = [n for n in names if n.startswith("vit")]
+    return (vit[0], "") if vit else (names[0], " (no ViT prediction given)")
+
+
+def evaluate(cfg: dict, prediction_paths: dict, regridded_paths, clim_path, out_dir) -> pd.DataFrame:
+    """Score every prediction; write metrics.csv, rmse_table.csv, per_time.nc and the figures."""
+    if not prediction_paths:
+        raise SeqvitError("evaluate: no prediction files given; list the model runs and evaluate.baselines")
+    if "experiment" not in cfg:
+        raise SeqvitError("config key experiment is missing; name the run, e.g. experiment: demo")
+    out_dir = Path(out_dir)
+    paths = {str(name): Path(p) for name, p in prediction_paths.items()}
+    names = list(paths)
+
+    forecasts = {name: _open_prediction(name, path) for name, path in paths.items()}
+    try:
+        reference_name = names[0]
+        reference = forecasts[reference_name]
+        for name in names:
+            _check_same_cases(paths[reference_name], reference, paths[name], forecasts[name])
+            _check_config(cfg, paths[name], forecasts[name])
+        channels = [str(c) for c in reference["channel"].values]
+        leads = [int(h) for h in reference["lead_hours"].values]
+        inits = reference["time"].values
+
+        regridded_paths = [Path(p) for p in regridded_paths]
+        missing = [str(p) for p in regridded_paths if not p.exists()]
+        if not regridded_paths or missing:
+            raise SeqvitError(f"evaluate: regridded files missing: {missing or 'none given'}; run the regrid stage first")
+        truth_all = open_channels(regridded_paths, channels)
+        for coord in ("latitude", "longitude"):
+            if truth_all.sizes[coord] != reference.sizes[coord] or not np.allclose(truth_all[coord].values, reference[coord].values):
+                raise SeqvitError(
+                    f"{paths[reference_name]}: {coord} grid differs from the regridded files; "
+                    "predictions must be on the target grid (config key grid)"
+                )
+        clim = load_climatology(clim_path)
+        for coord in ("latitude", "longitude"):
+            if clim.sizes[coord] != reference.sizes[coord] or not np.allclose(clim[coord].values, reference[coord].values):
+                raise SeqvitError(f"{clim_path}: {coord} grid differs from the predictions; rerun `seqvit stats` on the target grid")
+        # Identical labels from here on (files may differ in the last bits), so scores align exactly.
+        on_grid = {"latitude": reference["latitude"].values, "longitude": reference["longitude"].values}
+        truth_all = truth_all.assign_coords(on_grid)
+        clim = clim.assign_coords(on_grid)
+        per_lead = {lead: _truth_and_climatology(truth_all, clim, clim_path, channels, inits, lead) for lead in leads}
+
+        rows, per_time = [], {}
+        for name in names:
+            for lead in leads:
+                truth, clim_at_valid = per_lead[lead]
+                forecast = forecasts[name].sel(lead_hours=lead, drop=True).load().assign_coords(on_grid)
+                mse_t = metrics.weighted_mse(forecast, truth)
+                bias_t = metrics.weighted_bias(forecast, truth)
+                acc_t = metrics.acc_per_time(forecast, truth, clim_at_valid)
+                per_time[name, lead] = xr.Dataset({"mse": mse_t, "bias": bias_t, "acc": acc_t})
+                scores = {
+                    "rmse": metrics.rmse(mse_t),
+                    "acc": metrics.time_mean(acc_t),
+                    "bias": metrics.time_mean(bias_t),
+                    "mse": metrics.time_mean(mse_t),
+                    "rmse_mean_per_time": metrics.mean_rmse_per_time(mse_t),
+                }
+                for channel in channels:
+                    rows.append(
+                        {
+                            "run": cfg["experiment"],
+                            "model": name,
+                            "variable": channel,
+                            "lead_hours": lead,
+                            **{k: float(v.sel(channel=channel)) for k, v in scores.items()},
+                            "n_times": int(mse_t.sizes["time"]),
+                        }
+                    )
+    finally:
+        for forecast in forecasts.values():
+            forecast.close()
+
+    table = pd.DataFrame(rows, columns=METRIC_COLUMNS)
+    _write_csv(table, out_dir / "metrics.csv", index=False)
+    wide = rmse_table(table)
+    _write_csv(wide, out_dir / "rmse_table.csv", index=True)
+    _write_per_time(per_time, names, leads, out_dir / "per_time.nc", cfg["experiment"])
+
+    figures.rmse_vs_lead(table, out_dir / "rmse_vs_lead.png")
+    _maps(cfg, paths, names, channels, leads, inits, per_lead, out_dir / "maps.png")
+
+    print(f"Headline RMSE (sqrt of time-mean latitude-weighted MSE), run {cfg['experiment']}, {len(inits)} test init times:")
+    print(wide.to_string(float_format=lambda x: f"{x:.3f}"))
+    return table
+
+
+def _write_per_time(per_time: dict, names, leads, path: Path, run: str) -> None:
+    by_model = [xr.concat([per_time[name, lead] for lead in leads], dim=pd.Index(leads, name="lead_hours")) for name in names]
+    ds = xr.concat(by_model, dim=pd.Index(names, name="model")).astype(np.float32)
+    ds.attrs = {"run": run, "description": "per-time latitude-weighted scores; time is the init time"}
+    with atomic_path(path) as tmp:
+        ds.to_netcdf(tmp, engine="netcdf4")
+
+
+def _maps(cfg, paths, names, channels, leads, inits, per_lead, out_png: Path) -> None:
+    model, note = _pick_map_model(names)
+    channel = "t2m" if "t2m" in channels else channels[0]
+    lead = max(leads)
+    init = inits[0]
+    truth = per_lead[lead][0].sel(time=init, channel=channel)
+    with xr.open_dataset(paths[model]) as ds:
+        forecast = ds["forecast"].sel(lead_hours=lead, time=init, channel=channel).load()
+    forecast = forecast.assign_coords(latitude=truth["latitude"].values, longitude=truth["longitude"].values)
+    case_rmse = float(np.sqrt(metrics.weighted_mse(forecast, truth)))
+    init_text = pd.Timestamp(init).strftime("%Y-%m-%d %H:%M")
+    title = f"{cfg['experiment']}: {model}{note}, {channel}, init {init_text} UTC, lead {lead} h, RMSE {case_rmse:.2f} {figures.channel_units(channel)}"
+    figures.maps_png(truth.drop_vars("time"), forecast.drop_vars(["lead_hours", "time"]), out_png, model=model, title=title)
