@@ -11,6 +11,7 @@ from seqvit.provenance.code import source_hash
 
 min_version("9.27")
 
+
 report: "workflow/report/workflow.rst"
 
 
@@ -41,6 +42,6 @@ include: "workflow/rules/evaluate.smk"
 
 
 rule all:
+    default_target: True
     input:
         rules.evaluate.output,
-    default_target: True

@@ -2,14 +2,8 @@
 
 
 rule synth:
-    message:
-        "Generating the embedded ERA5-like source (CDS netCDF layout)"
     output:
         LAYOUT.raw_all(),
-    params:
-        source=config["source"],
-        data=config["data"],
-        code=source_hash("data/synthetic"),
     log:
         f"{RESULTS}/logs/synth.log",
     benchmark:
@@ -19,40 +13,45 @@ rule synth:
     resources:
         mem_mb=2000,
         runtime=30,
+    params:
+        config=CONFIG_ARGS,
+        source=config["source"],
+        data=config["data"],
+        code=source_hash("data/synthetic"),
+    message:
+        "Generating the embedded ERA5-like source (CDS netCDF layout)"
     shell:
-        "seqvit synth {CONFIG_ARGS} --quiet > {log} 2>&1"
+        "seqvit synth {params.config} --quiet > {log} 2>&1"
 
 
 rule regrid:
-    message:
-        "Regridding {wildcards.group} {wildcards.year} to {params.grid} ({params.method})"
     input:
         lambda wc: LAYOUT.raw_year(wc.group, int(wc.year)),
     output:
         f"{RESULTS}/regridded/{{group}}/{{year}}.nc",
-    wildcard_constraints:
-        group="single-levels|pressure-levels",
-        year=r"\d{4}",
-    params:
-        grid=config["grid"],
-        method=config.get("regrid", {}).get("method", "conservative"),
-        code=source_hash("data/regrid", "data/era5", "data/grids"),
     log:
         f"{RESULTS}/logs/regrid/{{group}}_{{year}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/regrid/{{group}}_{{year}}.tsv"
+    wildcard_constraints:
+        group="single-levels|pressure-levels",
+        year=r"\d{4}",
     conda:
         "../../envs/seqvit.yaml"
     resources:
         mem_mb=3000,
         runtime=60,
+    params:
+        grid=config["grid"],
+        method=config.get("regrid", {}).get("method", "conservative"),
+        code=source_hash("data/regrid", "data/era5", "data/grids"),
+    message:
+        "Regridding {wildcards.group} {wildcards.year} to {params.grid} ({params.method})"
     shell:
         "seqvit regrid {input} {output} --grid {params.grid} --method {params.method} > {log} 2>&1"
 
 
 rule stats:
-    message:
-        "Statistics and climatology over the training years"
     input:
         LAYOUT.regridded_all(),
     output:
@@ -62,10 +61,6 @@ rule stats:
             category="2. Data",
         ),
         climatology=LAYOUT.climatology,
-    params:
-        data=config["data"],
-        splits=config["splits"],
-        code=source_hash("data/stats", "data/fields"),
     log:
         f"{RESULTS}/logs/stats.log",
     benchmark:
@@ -75,5 +70,12 @@ rule stats:
     resources:
         mem_mb=4000,
         runtime=30,
+    params:
+        config=CONFIG_ARGS,
+        data=config["data"],
+        splits=config["splits"],
+        code=source_hash("data/stats", "data/fields"),
+    message:
+        "Statistics and climatology over the training years"
     shell:
-        "seqvit stats {CONFIG_ARGS} > {log} 2>&1"
+        "seqvit stats {params.config} > {log} 2>&1"

@@ -2,38 +2,42 @@
 
 
 rule baseline:
-    message:
-        "Forecasting the test years with the {wildcards.name} baseline"
     input:
         fields=LAYOUT.regridded_all(),
         stats=LAYOUT.stats,
         climatology=LAYOUT.climatology,
     output:
         f"{RESULTS}/predictions/{{name}}.nc",
-    wildcard_constraints:
-        name="climatology|persistence|linear",
-    params:
-        evaluate=config["evaluate"],
-        splits=config["splits"],
-        code=source_hash("evaluate/baselines", "data/fields", "data/stats", "data/grids"),
     log:
         f"{RESULTS}/logs/baseline/{{name}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/baseline/{{name}}.tsv"
+    wildcard_constraints:
+        name="climatology|persistence|linear",
     conda:
         "../../envs/seqvit.yaml"
     resources:
         mem_mb=6000,
         runtime=30,
+    params:
+        config=CONFIG_ARGS,
+        evaluate=config["evaluate"],
+        splits=config["splits"],
+        code=source_hash(
+            "evaluate/baselines", "data/fields", "data/stats", "data/grids"
+        ),
+    message:
+        "Forecasting the test years with the {wildcards.name} baseline"
     shell:
-        "seqvit baseline {CONFIG_ARGS} --name {wildcards.name} > {log} 2>&1"
+        "seqvit baseline {params.config} --name {wildcards.name} > {log} 2>&1"
 
 
 rule evaluate:
-    message:
-        "Scoring every model and baseline on the test years"
     input:
-        predictions=[LAYOUT.prediction(n) for n in LAYOUT.model_names() + LAYOUT.baseline_names()],
+        predictions=[
+            LAYOUT.prediction(n)
+            for n in LAYOUT.model_names() + LAYOUT.baseline_names()
+        ],
         fields=LAYOUT.regridded_all(),
         climatology=LAYOUT.climatology,
     output:
@@ -59,9 +63,6 @@ rule evaluate:
             caption="../report/maps.rst",
             category="4. Evaluation",
         ),
-    params:
-        evaluate=config["evaluate"],
-        code=source_hash("evaluate", "data/fields", "data/stats", "data/grids"),
     log:
         f"{RESULTS}/logs/evaluate.log",
     benchmark:
@@ -71,5 +72,11 @@ rule evaluate:
     resources:
         mem_mb=4000,
         runtime=30,
+    params:
+        config=CONFIG_ARGS,
+        evaluate=config["evaluate"],
+        code=source_hash("evaluate", "data/fields", "data/stats", "data/grids"),
+    message:
+        "Scoring every model and baseline on the test years"
     shell:
-        "seqvit evaluate {CONFIG_ARGS} > {log} 2>&1"
+        "seqvit evaluate {params.config} > {log} 2>&1"

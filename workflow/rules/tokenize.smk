@@ -2,26 +2,27 @@
 
 
 rule tokenize:
-    message:
-        "Cutting normalized fields into {wildcards.p} x {wildcards.p} patch tokens"
     input:
         fields=LAYOUT.regridded_all(),
         stats=LAYOUT.stats,
     output:
         directory(f"{RESULTS}/tokens/p{{p}}.zarr"),
-    wildcard_constraints:
-        p=r"\d+",
-    params:
-        channels=config["data"],
-        code=source_hash("data/tokenize", "data/fields"),
     log:
         f"{RESULTS}/logs/tokenize/p{{p}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/tokenize/p{{p}}.tsv"
+    wildcard_constraints:
+        p=r"\d+",
     conda:
         "../../envs/seqvit.yaml"
     resources:
         mem_mb=4000,
         runtime=30,
+    params:
+        config=CONFIG_ARGS,
+        channels=config["data"],
+        code=source_hash("data/tokenize", "data/fields"),
+    message:
+        "Cutting normalized fields into {wildcards.p} x {wildcards.p} patch tokens"
     shell:
-        "seqvit tokenize {CONFIG_ARGS} --patch-size {wildcards.p} > {log} 2>&1"
+        "seqvit tokenize {params.config} --patch-size {wildcards.p} > {log} 2>&1"

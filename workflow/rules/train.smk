@@ -2,8 +2,6 @@
 
 
 rule train:
-    message:
-        "Training the ViT on {wildcards.p} x {wildcards.p} patches"
     input:
         f"{RESULTS}/tokens/p{{p}}.zarr",
     output:
@@ -14,50 +12,54 @@ rule train:
             category="3. Training",
             labels={"patch size": "{p}"},
         ),
-    wildcard_constraints:
-        p=r"\d+",
-    params:
-        model=config["model"],
-        train=config["train"],
-        splits=config["splits"],
-        code=source_hash("model", "train/engine", "data/loader", "parallel"),
-    threads: workflow.cores
     log:
         f"{RESULTS}/logs/train/p{{p}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/train/p{{p}}.tsv"
+    wildcard_constraints:
+        p=r"\d+",
     conda:
         "../../envs/seqvit.yaml"
+    threads: workflow.cores
     resources:
         mem_mb=8000,
         runtime=120,
+    params:
+        config=CONFIG_ARGS,
+        model=config["model"],
+        train=config["train"],
+        splits=config["splits"],
+        code=source_hash("model", "train/engine", "data/loader", "parallel"),
+    message:
+        "Training the ViT on {wildcards.p} x {wildcards.p} patches"
     shell:
-        "seqvit train {CONFIG_ARGS} --patch-size {wildcards.p} --quiet > {log} 2>&1"
+        "seqvit train {params.config} --patch-size {wildcards.p} --quiet > {log} 2>&1"
 
 
 rule predict:
-    message:
-        "Forecasting the test years with the ViT (p={wildcards.p})"
     input:
         model=f"{RESULTS}/train/p{{p}}/model.pt",
         tokens=f"{RESULTS}/tokens/p{{p}}.zarr",
         stats=LAYOUT.stats,
     output:
         f"{RESULTS}/predictions/vit-p{{p}}.nc",
-    wildcard_constraints:
-        p=r"\d+",
-    params:
-        evaluate=config["evaluate"],
-        splits=config["splits"],
-        code=source_hash("model", "train/predict", "parallel"),
     log:
         f"{RESULTS}/logs/predict/vit-p{{p}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/predict/vit-p{{p}}.tsv"
+    wildcard_constraints:
+        p=r"\d+",
     conda:
         "../../envs/seqvit.yaml"
     resources:
         mem_mb=4000,
         runtime=30,
+    params:
+        config=CONFIG_ARGS,
+        evaluate=config["evaluate"],
+        splits=config["splits"],
+        code=source_hash("model", "train/predict", "parallel"),
+    message:
+        "Forecasting the test years with the ViT (p={wildcards.p})"
     shell:
-        "seqvit predict {CONFIG_ARGS} --patch-size {wildcards.p} > {log} 2>&1"
+        "seqvit predict {params.config} --patch-size {wildcards.p} > {log} 2>&1"
