@@ -28,6 +28,22 @@ def cmd_synth(args):
     print(f"wrote {len(paths)} files")
 
 
+def cmd_download(args):
+    from seqvit.data.sources import describe, download, find_request, plan_requests
+    from seqvit.layout import Layout
+
+    cfg = _config(args)
+    raw_dir = Layout(cfg).raw_dir
+    if args.plan:
+        requests = [find_request(cfg, r) for r in args.request] if args.request else plan_requests(cfg)
+        for line in describe(requests, raw_dir):
+            print(line)
+        return
+    outcome = download(cfg, args.request or None, raw_dir)
+    fetched = sum(1 for v in outcome.values() if v == "fetched")
+    print(f"{fetched} files fetched and verified, {len(outcome) - fetched} already verified, under {raw_dir}")
+
+
 def cmd_regrid(args):
     from seqvit.data.regrid import regrid_files
 
@@ -137,6 +153,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = stage("synth", cmd_synth, "write the embedded ERA5-like source in the CDS netCDF layout")
     p.add_argument("--out", help="folder for the raw files (default: <results>/raw)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    p = stage(
+        "download", cmd_download,
+        "fetch raw ERA5 from source.kind (cds, weatherbench2, local), verify it, then rename it into place",
+    )  # fmt: skip
+    p.add_argument("--plan", action="store_true", help="print the requests (one raw file each) and send nothing")
+    p.add_argument(
+        "--request", action="append", metavar="ID",
+        help="only this request, e.g. pressure-levels/1979/01 (repeatable; ids from --plan)",
+    )  # fmt: skip
 
     p = stage("regrid", cmd_regrid, "regrid ERA5-layout netCDF to a named grid", config=False)
     p.add_argument("files", nargs="+", metavar="FILE", help="IN.nc [IN.nc ...] OUT.nc (inputs are concatenated in time)")

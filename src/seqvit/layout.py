@@ -29,8 +29,30 @@ class Layout:
     def months(self) -> list[int]:
         return [int(m) for m in self.cfg["data"].get("months", range(1, 13))]
 
+    def source_kind(self) -> str:
+        return (self.cfg.get("source") or {}).get("kind", "synthetic")
+
+    def raw_requests(self) -> dict:
+        """Downloaded sources: request id -> Request (one raw file each), in plan order; cached."""
+        if getattr(self, "_requests", None) is None:
+            from seqvit.data.sources.plan import plan_requests
+
+            self._requests = {request.id: request for request in plan_requests(self.cfg)}
+            self._requests_by_year: dict = {}
+            for request in self._requests.values():
+                self._requests_by_year.setdefault((request.group, request.year), []).append(request)
+        return self._requests
+
     def raw_year(self, group: str, year: int) -> list[Path]:
-        return [self.raw(group, year, month) for month in self.months()]
+        """A year's raw files of one variable group: its months, or the parts of its months when
+        a download source splits them into several requests (01_d01-06.nc, ...)."""
+        if self.source_kind() == "synthetic":
+            return [self.raw(group, year, month) for month in self.months()]
+        self.raw_requests()
+        return [request.path(self.raw_dir) for request in self._requests_by_year.get((group, int(year)), [])]
+
+    def raw_manifest(self, request_id: str) -> Path:
+        return self.raw_requests()[request_id].manifest_path(self.raw_dir)
 
     def raw_all(self) -> list[Path]:
         return [p for g in self.groups() for y in self.years() for p in self.raw_year(g, y)]

@@ -1,27 +1,70 @@
 # Raw data -> regridded fields -> statistics and climatology.
 
+if config["source"]["kind"] == "synthetic":
 
-rule synth:
-    output:
-        LAYOUT.raw_all(),
-    log:
-        f"{RESULTS}/logs/synth.log",
-    benchmark:
-        f"{RESULTS}/benchmarks/synth.tsv"
-    conda:
-        "../../envs/seqvit.yaml"
-    resources:
-        mem_mb=2000,
-        runtime=30,
-    params:
-        config=CONFIG_ARGS,
-        source=config["source"],
-        data=config["data"],
-        code=source_hash("data/synthetic"),
-    message:
-        "Generating the embedded ERA5-like source (CDS netCDF layout)"
-    shell:
-        "seqvit synth {params.config} --quiet > {log} 2>&1"
+    rule synth:
+        output:
+            LAYOUT.raw_all(),
+        log:
+            f"{RESULTS}/logs/synth.log",
+        benchmark:
+            f"{RESULTS}/benchmarks/synth.tsv"
+        conda:
+            "../../envs/seqvit.yaml"
+        resources:
+            mem_mb=2000,
+            runtime=30,
+        params:
+            config=CONFIG_ARGS,
+            source=config["source"],
+            data=config["data"],
+            code=source_hash("data/synthetic"),
+        message:
+            "Generating the embedded ERA5-like source (CDS netCDF layout)"
+        shell:
+            "seqvit synth {params.config} --quiet > {log} 2>&1"
+
+else:
+    # One job per request file (seqvit download --config C --plan lists them). Downloads run on
+    # the machine Snakemake runs on (compute nodes may have no internet), at most
+    # source.max_parallel at once (resource cds_requests; --resources cds_requests=N overrides).
+    # No code hash in params: editing seqvit must not fetch terabytes again; the request is the
+    # param, so changing what is requested refetches exactly the files it changes.
+    if "cds_requests" not in workflow.global_resources:
+        workflow.register_resource(
+            "cds_requests", config["source"].get("max_parallel", 4)
+        )
+
+    localrules:
+        download,
+
+    rule download:
+        output:
+            data=f"{RESULTS}/raw/{{group}}/{{year}}/{{part}}.nc",
+            manifest=f"{RESULTS}/raw/manifest/{{group}}/{{year}}/{{part}}.json",
+        log:
+            f"{RESULTS}/logs/download/{{group}}/{{year}}/{{part}}.log",
+        benchmark:
+            f"{RESULTS}/benchmarks/download/{{group}}/{{year}}/{{part}}.tsv"
+        wildcard_constraints:
+            group="single-levels|pressure-levels",
+            year=r"\d{4}",
+            part=r"\d{2}(_d\d{2}(-\d{2}|_h\d{2}-\d{2}))?",
+        conda:
+            "../../envs/seqvit.yaml"
+        resources:
+            cds_requests=1,
+            mem_mb=2000,
+            runtime=24 * 60,
+        params:
+            config=CONFIG_ARGS,
+            request=lambda wc: LAYOUT.raw_requests()[
+                f"{wc.group}/{wc.year}/{wc.part}"
+            ].to_json(),
+        message:
+            "Fetching raw ERA5 {wildcards.group}/{wildcards.year}/{wildcards.part}"
+        shell:
+            "seqvit download {params.config} --request {wildcards.group}/{wildcards.year}/{wildcards.part} > {log} 2>&1"
 
 
 rule regrid:

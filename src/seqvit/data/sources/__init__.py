@@ -1,0 +1,83 @@
+"""Raw ERA5 from a source other than the embedded one: cds, weatherbench2 or local.
+
+    plan_requests(cfg)                   every request (= raw file) of the config, no network
+    download(cfg, request_ids=None)      fetch what is missing, verify, record, rename into place
+
+Every source ends in the same place: raw/{group}/{year}/{stem}.nc in the CDS netCDF layout,
+verified against its request (seqvit.data.sources.verify), with a manifest in
+raw/manifest/{group}/{year}/{stem}.json (request, CDS request ids, size, sha256, times). A file
+whose manifest matches its request is never fetched again.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from seqvit.data.sources import state
+from seqvit.data.sources.plan import Request, describe, find_request, plan_requests, source_settings
+from seqvit.errors import SeqvitError
+
+__all__ = ["Request", "describe", "download", "find_request", "make_source", "plan_requests"]
+
+LOG = logging.getLogger("seqvit.download")
+
+
+def make_source(cfg: dict, raw_dir, log: logging.Logger = LOG):
+    kind = source_settings(cfg).kind
+    if kind == "cds":
+        from seqvit.data.sources.cds import CdsSource
+
+        return CdsSource(cfg, raw_dir, log)
+    if kind == "weatherbench2":
+        from seqvit.data.sources.weatherbench2 import WeatherBench2Source
+
+        return WeatherBench2Source(cfg, raw_dir, log)
+    if kind == "local":
+        from seqvit.data.sources.local import LocalSource
+
+        return LocalSource(cfg, raw_dir, log)
+    raise SeqvitError(SYNTHETIC_HINT)
+
+
+SYNTHETIC_HINT = (
+    "source.kind is synthetic: its raw files come from `seqvit synth`; set source.kind to cds, "
+    "weatherbench2 or local to download"
+)
+
+
+def download(cfg: dict, request_ids=None, raw_dir=None, log: logging.Logger = LOG, source=None) -> dict[str, str]:
+    """Fetch every planned request (or those named) that has no verified file yet.
+
+    Returns {request id: "fetched" | "kept"}. Stops at the first request that fails, with its
+    error; files verified before it stay.
+    """
+    from seqvit.layout import Layout
+
+    if source is None and source_settings(cfg).kind == "synthetic":
+        raise SeqvitError(SYNTHETIC_HINT)
+    raw_dir = raw_dir if raw_dir is not None else Layout(cfg).raw_dir
+    if request_ids:
+        requests = [find_request(cfg, request_id) for request_id in request_ids]
+    else:
+        requests = plan_requests(cfg)
+    outcome: dict[str, str] = {}
+    for request in requests:
+        if state.is_verified(request, raw_dir):
+            log.info("%s: verified earlier, kept (%s)", request.id, request.path(raw_dir))
+            outcome[request.id] = "kept"
+            continue
+        request.path(raw_dir).parent.mkdir(parents=True, exist_ok=True)
+        with state.target_lock(request, raw_dir):
+            if state.is_verified(request, raw_dir):  # another process finished it meanwhile
+                outcome[request.id] = "kept"
+                continue
+            for leftover in state.remove_stale_temporaries(request.path(raw_dir)):
+                log.info("removed %s, left by an interrupted run", leftover)
+            if source is None:
+                source = make_source(cfg, raw_dir, log)
+            log.info("%s: fetching %s (%d fields)", request.id, request.label(), request.fields)
+            manifest = source.fetch(request)
+            log.info("%s: verified and saved %s (%d bytes, sha256 %s)", request.id, request.path(raw_dir),
+                     manifest["size"], manifest["sha256"][:16])  # fmt: skip
+            outcome[request.id] = "fetched"
+    return outcome
