@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 CONFIG ?= config/config.yaml
 
-.PHONY: demo test install report clean
+.PHONY: demo test install report clean cdo slurm
 
 $(BIN)/seqvit: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,7 +27,27 @@ report: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --profile profiles/local --configfile $(CONFIG) --report results/report.html
 	@echo "Report: $(CURDIR)/results/report.html"
 
-test: install
+# tests/test_regrid_cdo.py compares regridding with CDO: install the Debian package cdo when it
+# is missing (as root, with apt-get); otherwise say how, and those tests fail with the same advice.
+cdo:
+	@if command -v cdo >/dev/null 2>&1; then :; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	  echo "Installing the Debian package cdo for the CDO comparison tests (tests/test_regrid_cdo.py)"; \
+	  { apt-get update -qq >/dev/null && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends cdo >/dev/null; } || \
+	  echo "NOTE: apt-get could not install cdo; tests/test_regrid_cdo.py will fail until cdo is installed."; \
+	else \
+	  echo "NOTE: the CDO comparison tests (tests/test_regrid_cdo.py) need the command cdo, which is not installed,"; \
+	  echo "      and this is not root with apt-get. Install it: sudo apt-get install cdo (Debian/Ubuntu),"; \
+	  echo "      or conda install -c conda-forge cdo; or run with SEQVIT_SKIP_CDO=1 to skip those tests on purpose."; \
+	fi
+
+# tests/test_slurm.py runs the workflow through the Slurm executor on a one-node cluster on this
+# machine (installed with apt-get and started as root; kept running if already up).
+slurm:
+	bash tests/cluster/start-slurm.sh
+
+test: install cdo slurm
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest
 
 clean:

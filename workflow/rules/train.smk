@@ -20,7 +20,7 @@ rule train:
         p=r"\d+",
     conda:
         "../../envs/seqvit.yaml"
-    threads: workflow.cores
+    threads: config["train"].get("threads", 2)
     resources:
         mem_mb=8000,
         runtime=120,

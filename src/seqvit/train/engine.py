@@ -1,0 +1,201 @@
+"""Single-process training: AdamW, warmup + cosine, latitude-weighted MSE on the tendency.
+
+A run folder holds checkpoint.pt (everything needed to continue bit for bit: model, optimizer,
+scheduler, step, random states, metrics so far), metrics.csv (rewritten atomically at every
+log step) and, at the end, model.pt. Calling train() again on the same folder resumes from
+checkpoint.pt, so a job cut by a walltime limit just runs again.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from seqvit.data.loader import ForecastPairs
+from seqvit.data.tokenize import token_weights
+from seqvit.errors import SeqvitError
+from seqvit.io import atomic_path
+from seqvit.model.vit import build_model
+
+METRIC_COLUMNS = ("step", "loss", "val_loss", "lr", "samples_per_s", "elapsed_s")
+VAL_SAMPLES = 256
+VAL_BATCH = 64
+
+
+def weighted_mse(pred, target, weights):
+    """Latitude-weighted MSE over everything; weights [L, P*P] broadcast over batch and channel."""
+    return ((pred - target) ** 2 * weights).mean()
+
+
+def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
+    """Linear warmup to 1, then cosine decay to 0 at total_steps."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _write_metrics(path: Path, rows) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=METRIC_COLUMNS)
+            writer.writeheader()
+            writer.writerows(rows)
+
+
+def _save(obj, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+@torch.no_grad()
+def validation_loss(model, dataset: ForecastPairs, index, weights) -> float:
+    model.eval()
+    total, count = 0.0, 0
+    for start in range(0, len(index), VAL_BATCH):
+        x, lead, y = dataset.batch(index[start : start + VAL_BATCH])
+        total += weighted_mse(model(x, lead), y - x, weights).item() * len(x)
+        count += len(x)
+    model.train()
+    return total / count
+
+
+def train(
+    cfg: dict, tokens_path, out_dir, patch_size: int, progress: bool = True, stop_at_step: int | None = None
+) -> Path | None:
+    """Train (or resume) the run in `out_dir`; returns the path of model.pt (None if stopped early).
+
+    stop_at_step: checkpoint and return after this step without writing model.pt (a run split
+    over several jobs); the next call resumes.
+    """
+    tcfg = cfg["train"]
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint_path, metrics_path, model_path = out_dir / "checkpoint.pt", out_dir / "metrics.csv", out_dir / "model.pt"
+
+    torch.set_num_threads(int(tcfg.get("threads", 1)))
+    seed = int(tcfg.get("seed", 0))
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed)
+    generator = torch.Generator().manual_seed(seed)  # batch indices and leads
+
+    lead_hours = tcfg["lead_hours"]
+    train_set = ForecastPairs(tokens_path, cfg, "train", lead_hours, random_lead=True, generator=generator)
+    val_set = ForecastPairs(tokens_path, cfg, "val", lead_hours, random_lead=False)
+    if train_set.patch_size != patch_size:
+        raise SeqvitError(
+            f"{tokens_path}: store has patch size {train_set.patch_size}, training asked for {patch_size}"
+        )
+    val_index = np.unique(np.linspace(0, len(val_set) - 1, min(VAL_SAMPLES, len(val_set))).round().astype(int))
+    weights = torch.from_numpy(token_weights(train_set.latitude, train_set.grid_shape, patch_size))
+
+    model = build_model(cfg["model"], len(train_set.channels), patch_size, train_set.grid_shape)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=float(tcfg["lr"]), weight_decay=float(tcfg.get("weight_decay", 0.0)), betas=(0.9, 0.95)
+    )
+    total_steps = int(tcfg["steps"])
+    warmup = int(tcfg.get("warmup_steps", 0))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, warmup, total_steps))
+    batch_size = int(tcfg["batch_size"])
+    val_every = int(tcfg.get("val_every", 0)) or total_steps
+    checkpoint_every = int(tcfg.get("checkpoint_every", 0)) or total_steps
+    log_every = max(1, int(tcfg.get("log_every", 10)))
+
+    step, rows, elapsed_before = 0, [], 0.0
+    window = {"loss": 0.0, "steps": 0, "samples": 0, "seconds": 0.0}
+    if checkpoint_path.exists():
+        state = torch.load(checkpoint_path, weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        step, rows, elapsed_before, window = state["step"], state["metrics"], state["elapsed_s"], state["window"]
+        torch.set_rng_state(state["torch_rng"])
+        generator.set_state(state["generator"])
+        np.random.set_state(state["numpy_rng"])
+        random.setstate(state["python_rng"])
+        _write_metrics(metrics_path, rows)  # drop rows logged after the checkpoint by a killed run
+
+    def checkpoint():
+        _save(
+            {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "step": step,
+                "metrics": rows,
+                "elapsed_s": elapsed_before + (time.perf_counter() - started),
+                "window": dict(window),
+                "torch_rng": torch.get_rng_state(),
+                "generator": generator.get_state(),
+                "numpy_rng": np.random.get_state(),
+                "python_rng": random.getstate(),
+            },
+            checkpoint_path,
+        )
+
+    last_step = total_steps if stop_at_step is None else min(total_steps, int(stop_at_step))
+    started = time.perf_counter()
+    bar = tqdm(total=total_steps, initial=step, disable=not progress, desc=f"train p{patch_size}", unit="step")
+    model.train()
+    while step < last_step:
+        tick = time.perf_counter()
+        index = torch.randint(len(train_set), (batch_size,), generator=generator)
+        x, lead, y = train_set.batch(index)
+        loss = weighted_mse(model(x, lead), y - x, weights)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        step += 1
+        window["loss"] += loss.item()
+        window["steps"] += 1
+        window["samples"] += batch_size
+        window["seconds"] += time.perf_counter() - tick
+
+        is_val = step % val_every == 0 or step == total_steps
+        if step % log_every == 0 or is_val:
+            val_loss = validation_loss(model, val_set, val_index, weights) if is_val else ""
+            rate = window["samples"] / max(window["seconds"], 1e-9)
+            rows.append(
+                {
+                    "step": step,
+                    "loss": window["loss"] / window["steps"],
+                    "val_loss": val_loss,
+                    "lr": optimizer.param_groups[0]["lr"],
+                    "samples_per_s": rate,
+                    "elapsed_s": elapsed_before + (time.perf_counter() - started),
+                }
+            )
+            _write_metrics(metrics_path, rows)
+            bar.set_postfix(loss=f"{rows[-1]['loss']:.4f}", samples_s=f"{rate:.0f}")
+            window = {"loss": 0.0, "steps": 0, "samples": 0, "seconds": 0.0}
+        if step % checkpoint_every == 0 or step == last_step:
+            checkpoint()
+        bar.update(1)
+    bar.close()
+
+    if step < total_steps:
+        return None
+    _save(
+        {
+            "state_dict": model.state_dict(),
+            "model_config": dict(cfg["model"]),
+            "channels": train_set.channels,
+            "patch_size": patch_size,
+            "grid_shape": list(train_set.grid_shape),
+            "latitude": train_set.latitude.tolist(),
+            "longitude": train_set.longitude.tolist(),
+            "lead_hours": [int(h) for h in lead_hours],
+            "steps": step,
+        },
+        model_path,
+    )
+    return model_path

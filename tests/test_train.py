@@ -1,0 +1,169 @@
+import copy
+import csv
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import xarray as xr
+
+from seqvit.data.tokenize import tokenize, unpatchify
+from seqvit.errors import SeqvitError
+from seqvit.train.engine import lr_factor, train
+from seqvit.train.predict import predict
+
+HEIGHT, WIDTH, P = 8, 16, 4
+CFG = {
+    "experiment": "tiny",
+    "data": {"single_level": ["t2m"], "pressure_level": ["t"], "levels": [850]},
+    "splits": {"train": [2015], "val": [2016], "test": [2017]},
+    "model": {"embed_dim": 16, "depth": 1, "num_heads": 2, "mlp_ratio": 2, "dropout": 0.0},
+    "train": {
+        "lead_hours": [6, 24],
+        "batch_size": 4,
+        "steps": 12,
+        "lr": 0.003,
+        "weight_decay": 0.01,
+        "warmup_steps": 3,
+        "val_every": 6,
+        "checkpoint_every": 4,
+        "log_every": 2,
+        "threads": 1,
+        "seed": 0,
+    },
+    "evaluate": {"variables": ["t2m"], "lead_hours": [6, 24]},
+}
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """A tiny tokens store: a warm band drifting east over 3 short years, plus stats.nc."""
+    root = tmp_path_factory.mktemp("tiny")
+    lat = -90 + 180 / HEIGHT * (np.arange(HEIGHT) + 0.5)
+    lon = 360 / WIDTH * np.arange(WIDTH)
+    paths = []
+    for year in (2015, 2016, 2017):
+        time = pd.date_range(f"{year}-01-01", periods=16, freq="6h")
+        phase = np.deg2rad(lon)[None, None, :] - 0.3 * np.arange(len(time))[:, None, None]
+        t2m = (280 + 10 * np.cos(np.deg2rad(lat))[None, :, None] * np.sin(phase)).astype(np.float32)
+        t = (t2m - 30)[:, None]
+        coords = {"time": time, "latitude": lat, "longitude": lon}
+        groups = {
+            "single-levels": xr.Dataset({"t2m": (("time", "latitude", "longitude"), t2m)}, coords=coords),
+            "pressure-levels": xr.Dataset(
+                {"t": (("time", "level", "latitude", "longitude"), t)}, coords={**coords, "level": [850]}
+            ),
+        }
+        for group, ds in groups.items():
+            path = root / group / f"{year}.nc"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            ds.to_netcdf(path)
+            paths.append(path)
+    stats_path = root / "stats.nc"
+    xr.Dataset(
+        {"mean": ("channel", [280.0, 250.0]), "std": ("channel", [7.0, 7.0])}, coords={"channel": ["t2m", "t_850"]}
+    ).to_netcdf(stats_path)
+    tokens_path = root / "p4.zarr"
+    tokenize(CFG, paths, stats_path, P, tokens_path)
+    return tokens_path, stats_path
+
+
+def read_metrics(path):
+    with open(path) as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_lr_schedule_warms_up_then_decays_to_zero():
+    assert lr_factor(0, 10, 100) == pytest.approx(0.1)
+    assert lr_factor(9, 10, 100) == pytest.approx(1.0)
+    assert lr_factor(55, 10, 100) == pytest.approx(0.5)
+    assert lr_factor(100, 10, 100) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_train_writes_outputs_and_resumes_bit_identically(store, tmp_path):
+    tokens_path, _ = store
+    whole = train(CFG, tokens_path, tmp_path / "whole", P, progress=False)
+    assert whole.exists() and (tmp_path / "whole" / "checkpoint.pt").exists()
+    rows = read_metrics(tmp_path / "whole" / "metrics.csv")
+    assert [int(r["step"]) for r in rows] == [2, 4, 6, 8, 10, 12]
+    assert {"step", "loss", "val_loss", "lr", "samples_per_s", "elapsed_s"} <= set(rows[0])
+    assert [r["val_loss"] != "" for r in rows] == [False, False, True, False, False, True]
+    assert float(rows[-1]["lr"]) == pytest.approx(0.0, abs=1e-12)
+
+    # interrupted after step 6 (a checkpoint boundary of its own), then run again
+    assert train(CFG, tokens_path, tmp_path / "split", P, progress=False, stop_at_step=6) is None
+    assert not (tmp_path / "split" / "model.pt").exists()
+    assert len(read_metrics(tmp_path / "split" / "metrics.csv")) == 3
+    resumed = train(CFG, tokens_path, tmp_path / "split", P, progress=False)
+
+    a, b = torch.load(whole, weights_only=False), torch.load(resumed, weights_only=False)
+    assert a["state_dict"].keys() == b["state_dict"].keys()
+    for name, tensor in a["state_dict"].items():
+        assert torch.equal(tensor, b["state_dict"][name]), name
+    assert a["channels"] == ["t2m", "t_850"] and a["patch_size"] == P and a["grid_shape"] == [HEIGHT, WIDTH]
+    split_rows = read_metrics(tmp_path / "split" / "metrics.csv")
+    for key in ("step", "loss", "val_loss", "lr"):
+        assert [r[key] for r in split_rows] == [r[key] for r in rows]
+
+
+def test_resume_after_a_crash_between_checkpoints(store, tmp_path):
+    """A run killed after step 7 restarts from the step-4 checkpoint (kill simulated by stop + rewind)."""
+    tokens_path, _ = store
+    cfg = copy.deepcopy(CFG)
+    cfg["train"]["steps"] = 8
+    run = tmp_path / "run"
+    train(cfg, tokens_path, run, P, progress=False, stop_at_step=4)
+    saved = (run / "checkpoint.pt").read_bytes()
+    train(cfg, tokens_path, run, P, progress=False, stop_at_step=7)
+    (run / "checkpoint.pt").write_bytes(saved)  # as if the process died before its next checkpoint
+    resumed = torch.load(train(cfg, tokens_path, run, P, progress=False), weights_only=False)
+    whole = torch.load(train(cfg, tokens_path, tmp_path / "whole", P, progress=False), weights_only=False)
+    for name, tensor in whole["state_dict"].items():
+        assert torch.equal(tensor, resumed["state_dict"][name]), name
+    assert [int(r["step"]) for r in read_metrics(run / "metrics.csv")] == [2, 4, 6, 8]
+
+
+def test_train_rejects_store_of_other_patch_size(store, tmp_path):
+    tokens_path, _ = store
+    with pytest.raises(SeqvitError, match="patch size"):
+        train(CFG, tokens_path, tmp_path / "run", 2, progress=False)
+
+
+def test_predict_writes_contract_layout(store, tmp_path):
+    tokens_path, stats_path = store
+    run = tmp_path / "run"
+    train(CFG, tokens_path, run, P, progress=False)
+    out = tmp_path / "predictions" / "vit-p4.nc"
+    predict(CFG, run, tokens_path, stats_path, out)
+    with xr.open_dataset(out) as ds:
+        forecast = ds["forecast"].load()
+        assert ds.attrs["model"] == "vit-p4"
+    assert forecast.dims == ("lead_hours", "time", "channel", "latitude", "longitude")
+    assert forecast.dtype == np.float32
+    assert forecast["lead_hours"].values.tolist() == [6, 24]
+    assert forecast["channel"].values.tolist() == ["t2m"]
+    # 16 test times 6 h apart: init times valid for a 24 h lead are the first 12
+    expected_times = pd.date_range("2017-01-01", periods=12, freq="6h")
+    assert pd.DatetimeIndex(forecast["time"].values).equals(expected_times)
+    assert forecast.shape == (2, 12, 1, HEIGHT, WIDTH)
+    # physical units: values around the 280 K mean, not normalized ones
+    assert 260 < float(forecast.mean()) < 300 and np.isfinite(forecast.values).all()
+
+    # a zero head predicts zero tendency: the forecast must be the init state, denormalized
+    saved = torch.load(run / "model.pt", weights_only=False)
+    saved["state_dict"]["head.weight"].zero_()
+    saved["state_dict"]["head.bias"].zero_()
+    torch.save(saved, run / "model.pt")
+    predict(CFG, run, tokens_path, stats_path, out)
+    with xr.open_dataset(out) as ds:
+        persistence = ds["forecast"].values
+    with xr.open_zarr(tokens_path, consolidated=False) as tokens:
+        init_tokens = tokens["tokens"].sel(time=expected_times, channel="t2m").values
+    expected = unpatchify(init_tokens, P, (HEIGHT, WIDTH)) * 7.0 + 280.0
+    for lead in range(2):
+        np.testing.assert_allclose(persistence[lead, :, 0], expected, rtol=0, atol=1e-4)
+
+    bad = copy.deepcopy(CFG)
+    bad["evaluate"]["variables"] = ["q_700"]
+    with pytest.raises(SeqvitError, match="evaluate.variables"):
+        predict(bad, run, tokens_path, stats_path, tmp_path / "bad.nc")

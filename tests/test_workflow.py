@@ -1,0 +1,74 @@
+"""The whole workflow, run by Snakemake on a tiny configuration, as a user runs it."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+
+
+def tiny_config(demo_cfg, results: Path) -> dict:
+    cfg = demo_cfg
+    cfg["results"] = str(results)
+    cfg["source"].update(spinup_days=5)
+    cfg["data"].update(years=[2015, 2016, 2017], months=[1])
+    cfg["splits"] = {"train": [2015], "val": [2016], "test": [2017]}
+    cfg["tokenize"]["patch_sizes"] = [8]
+    cfg["model"].update(embed_dim=32, depth=1, num_heads=2)
+    cfg["train"].update(steps=20, batch_size=8, warmup_steps=2, val_every=10, checkpoint_every=10)
+    return cfg
+
+
+def run(args, cwd):
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    return proc.stdout + proc.stderr
+
+
+@pytest.fixture
+def tiny(tmp_path, demo_cfg):
+    cfg_path = tmp_path / "tiny.yaml"
+    cfg_path.write_text(yaml.safe_dump(tiny_config(demo_cfg, tmp_path / "results")))
+    base = [*SNAKEMAKE, "-s", str(ROOT / "Snakefile"), "--directory", str(tmp_path), "--configfile", str(cfg_path)]
+    return tmp_path, base
+
+
+def test_dry_run_lists_every_stage(tiny):
+    workdir, base = tiny
+    out = run([*base, "-n", "--quiet", "rules"], workdir)
+    for rule in ["synth", "regrid", "stats", "tokenize", "train", "predict", "baseline", "evaluate", "all"]:
+        assert f" {rule} " in out or f"\n{rule} " in out, out
+
+
+def test_lint_is_clean(tiny):
+    workdir, base = tiny
+    out = run([*base, "--lint"], workdir)
+    assert "lints for" not in out.lower(), out
+
+
+@pytest.mark.workflow
+def test_whole_workflow_runs_and_reruns_nothing(tiny):
+    workdir, base = tiny
+    run([*base, "--cores", "2"], workdir)
+    results = workdir / "results"
+    metrics = pd.read_csv(results / "eval" / "metrics.csv")
+    assert {"run", "model", "variable", "lead_hours", "rmse", "acc"} <= set(metrics.columns)
+    assert set(metrics["model"]) == {"vit-p8", "climatology", "persistence", "linear"}
+    assert set(metrics["variable"]) == {"t2m", "t_850"} and set(metrics["lead_hours"]) == {6, 24}
+    assert metrics["rmse"].gt(0).all() and metrics["rmse"].notna().all()
+    assert (results / "eval" / "rmse_vs_lead.png").stat().st_size > 0
+    train_log = pd.read_csv(results / "train" / "p8" / "metrics.csv")
+    assert {"step", "loss"} <= set(train_log.columns) and train_log["step"].max() == 20
+
+    # nothing changed: nothing reruns
+    assert "Nothing to be done" in run([*base, "-n"], workdir)
+
+    run([*base, "--report", str(results / "report.html")], workdir)
+    assert (results / "report.html").stat().st_size > 10_000
