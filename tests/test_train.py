@@ -123,6 +123,19 @@ def test_resume_after_a_crash_between_checkpoints(store, tmp_path):
     assert [int(r["step"]) for r in read_metrics(run / "metrics.csv")] == [2, 4, 6, 8]
 
 
+def test_resume_refuses_a_checkpoint_of_other_settings(store, tmp_path):
+    tokens_path, _ = store
+    run = tmp_path / "run"
+    train(CFG, tokens_path, run, P, progress=False, stop_at_step=4)
+    changed = copy.deepcopy(CFG)
+    changed["train"]["lr"] = 0.01
+    with pytest.raises(SeqvitError, match="checkpoint.pt: written by a run with other settings"):
+        train(changed, tokens_path, run, P, progress=False)
+    harmless = copy.deepcopy(CFG)
+    harmless["train"]["val_every"] = 4  # bookkeeping only: resuming is fine
+    assert train(harmless, tokens_path, run, P, progress=False).exists()
+
+
 def test_train_rejects_store_of_other_patch_size(store, tmp_path):
     tokens_path, _ = store
     with pytest.raises(SeqvitError, match="patch size"):

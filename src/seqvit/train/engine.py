@@ -27,6 +27,8 @@ from seqvit.model.vit import build_model
 METRIC_COLUMNS = ("step", "loss", "val_loss", "lr", "samples_per_s", "elapsed_s")
 VAL_SAMPLES = 256
 VAL_BATCH = 64
+# Train keys that do not change the weights a run produces: a checkpoint may resume across them.
+RESUME_FREE_KEYS = ("threads", "val_every", "checkpoint_every", "log_every")
 
 
 def weighted_mse(pred, target, weights):
@@ -109,10 +111,21 @@ def train(
     checkpoint_every = int(tcfg.get("checkpoint_every", 0)) or total_steps
     log_every = max(1, int(tcfg.get("log_every", 10)))
 
+    signature = {
+        "model": dict(cfg["model"]),
+        "train": {key: value for key, value in tcfg.items() if key not in RESUME_FREE_KEYS},
+        "patch_size": patch_size,
+        "channels": train_set.channels,
+    }
     step, rows, elapsed_before = 0, [], 0.0
     window = {"loss": 0.0, "steps": 0, "samples": 0, "seconds": 0.0}
     if checkpoint_path.exists():
         state = torch.load(checkpoint_path, weights_only=False)
+        if state.get("signature") != signature:
+            raise SeqvitError(
+                f"{checkpoint_path}: written by a run with other settings ({state.get('signature')}), not "
+                f"{signature}; delete it to start afresh or restore the config it was trained with"
+            )
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -129,6 +142,7 @@ def train(
                 "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
+                "signature": signature,
                 "step": step,
                 "metrics": rows,
                 "elapsed_s": elapsed_before + (time.perf_counter() - started),
