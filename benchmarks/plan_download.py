@@ -1,6 +1,6 @@
 """Plan the full ERA5 download of the paper's data and time the DAG Snakemake builds for it.
 
-    .venv/bin/python benchmarks/plan_download.py [--config config/era5-5.625deg-cds.yaml]
+    .venv/bin/python benchmarks/plan_download.py [--config config/era5-5.625deg.yaml]
 
 Prints the number of CDS requests (= raw files = download jobs) for netCDF and for GRIB
 deliveries, the fields and uncompressed volume they cover, how long planning takes, and how
@@ -27,7 +27,7 @@ GOAL_S = 30.0
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default=str(ROOT / "config" / "era5-5.625deg-cds.yaml"))
+    parser.add_argument("--config", default=str(ROOT / "config" / "era5-5.625deg.yaml"))
     args = parser.parse_args(argv)
 
     from seqvit.config import load_config

@@ -15,7 +15,7 @@ if config["source"]["kind"] == "synthetic":
             mem_mb=2000,
             runtime=30,
         params:
-            config=CONFIG_ARGS,
+            config=config_args("source", "data"),
             source=config["source"],
             data=config["data"],
             code=source_hash("data/synthetic"),
@@ -57,7 +57,7 @@ else:
             mem_mb=2000,
             runtime=24 * 60,
         params:
-            config=CONFIG_ARGS,
+            config=config_args(),
             request=lambda wc: LAYOUT.raw_requests()[
                 f"{wc.group}/{wc.year}/{wc.part}"
             ].to_json(),
@@ -114,7 +114,7 @@ rule stats:
         mem_mb=4000,
         runtime=30,
     params:
-        config=CONFIG_ARGS,
+        config=config_args("data", "splits"),
         data=config["data"],
         splits=config["splits"],
         code=source_hash("data/stats", "data/fields"),

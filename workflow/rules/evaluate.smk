@@ -20,7 +20,7 @@ rule baseline:
         mem_mb=6000,
         runtime=30,
     params:
-        config=CONFIG_ARGS,
+        config=config_args("evaluate", "splits"),
         evaluate=config["evaluate"],
         splits=config["splits"],
         code=source_hash(
@@ -73,7 +73,7 @@ rule evaluate:
         mem_mb=4000,
         runtime=30,
     params:
-        config=CONFIG_ARGS,
+        config=config_args("evaluate"),
         evaluate=config["evaluate"],
         code=source_hash("evaluate", "data/fields", "data/stats", "data/grids"),
     message:

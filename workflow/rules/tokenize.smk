@@ -19,7 +19,7 @@ rule tokenize:
         mem_mb=4000,
         runtime=30,
     params:
-        config=CONFIG_ARGS,
+        config=config_args("data"),
         channels=config["data"],
         code=source_hash("data/tokenize", "data/fields"),
     message:

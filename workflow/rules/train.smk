@@ -25,8 +25,9 @@ rule train:
         mem_mb=8000,
         runtime=120,
     params:
-        config=CONFIG_ARGS,
+        config=config_args("train", "model", "splits", "parallel"),
         model=config["model"],
+        parallel=config.get("parallel", {}),
         train=config["train"],
         splits=config["splits"],
         code=source_hash("model", "train/engine", "data/loader", "parallel"),
@@ -55,7 +56,7 @@ rule predict:
         mem_mb=4000,
         runtime=30,
     params:
-        config=CONFIG_ARGS,
+        config=config_args("evaluate", "splits"),
         evaluate=config["evaluate"],
         splits=config["splits"],
         code=source_hash("model", "train/predict", "parallel"),
