@@ -269,3 +269,171 @@ def test_missing_values_raise_and_leave_no_file(tmp_path):
     with pytest.raises(SeqvitError, match="NaN"):
         regrid_files(paths, output, "5.625deg", "conservative")
     assert not output.parent.exists() or list(output.parent.iterdir()) == []
+
+
+# ---- identity, other file layouts ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["conservative", "bilinear"])
+@pytest.mark.parametrize("name", ["5.625deg", "0.25deg"])
+def test_named_grid_onto_itself_is_a_copy(tmp_path, name, method):
+    """0.25deg -> 0.25deg (ERA5, stored north to south) and 5.625deg -> 5.625deg change no value."""
+    grid = named_grid(name)
+    path = tmp_path / "01.nc"
+    source = write_cds_month(path, pd.date_range("2016-01-01", periods=2, freq="6h"), grid, "single-levels", seed=3)
+    regridder = Regridder(source["latitude"].values, source["longitude"].values, grid, method)
+    assert regridder.is_identity
+    output = tmp_path / "out.nc"
+    regrid_files([path], output, name, method)
+    with xr.open_dataset(output) as ds:
+        np.testing.assert_array_equal(ds["latitude"].values, grid.lat)
+        np.testing.assert_array_equal(ds["t2m"].values, source["t2m"].values[:, ::-1, :])  # ascending latitude
+
+
+def test_coordinates_rounded_to_float32_still_give_the_identity():
+    grid = named_grid("1.40625deg")
+    lat = grid.lat.astype(np.float32).astype(np.float64) + 2e-6  # stored coarsely, as some files do
+    regridder = Regridder(lat[::-1], grid.lon.astype(np.float32), grid)
+    assert regridder.is_identity
+    field = smooth_random_field(grid)
+    np.testing.assert_array_equal(regridder(field[::-1]), field)
+
+
+def test_a_different_grid_is_not_mistaken_for_the_identity():
+    grid = named_grid("5.625deg")
+    assert not Regridder(grid.lat, grid.lon + 0.01, grid).is_identity
+    assert not Regridder(np.linspace(-90, 90, 33), grid.lon, grid).is_identity
+
+
+def write_legacy_cds_month(path, times, grid: Grid, seed: int) -> xr.Dataset:
+    """The netCDF the CDS delivered before 2024 (grib_to_netcdf): dims time, level, latitude,
+    longitude; levels ascending int32 in millibars; data packed as int16 with scale_factor and
+    add_offset; time as hours since 1900. Returns the decoded data."""
+    rng = np.random.default_rng(seed)
+    lat = grid.lat[::-1]
+    values = (250 + 30 * np.cos(np.deg2rad(lat))[:, None] + rng.standard_normal((len(times), 2, lat.size, grid.lon.size))).astype(np.float32)
+    ds = xr.Dataset(
+        {"t": (("time", "level", "latitude", "longitude"), values, {"units": "K", "long_name": "Temperature"})},
+        coords={
+            "time": times,
+            "level": ("level", np.array([500, 850], dtype=np.int32), {"units": "millibars", "long_name": "pressure_level"}),
+            "latitude": ("latitude", lat, {"units": "degrees_north"}),
+            "longitude": ("longitude", grid.lon, {"units": "degrees_east"}),
+        },
+        attrs={"Conventions": "CF-1.6", "history": "2023-01-01 00:00:00 GMT by grib_to_netcdf-2.25.1"},
+    )
+    low, high = float(values.min()), float(values.max())
+    scale = (high - low) / (2**16 - 4)  # packed values stay clear of the fill value -32767
+    encoding = {
+        "t": {"dtype": "int16", "scale_factor": scale, "add_offset": (high + low) / 2, "_FillValue": np.int16(-32767)},
+        "time": {"units": "hours since 1900-01-01 00:00:00.0", "dtype": "int32"},
+    }
+    ds.to_netcdf(path, format="NETCDF3_64BIT", encoding=encoding)
+    with xr.open_dataset(path) as decoded:
+        return decoded.load()
+
+
+def test_legacy_cds_layout_packed_int16(tmp_path):
+    source = era5_like_grid()
+    path = tmp_path / "legacy.nc"
+    decoded = write_legacy_cds_month(path, pd.date_range("2016-01-01", periods=3, freq="6h"), source, seed=4)
+    output = tmp_path / "out.nc"
+    regrid_files([path], output, "5.625deg", "conservative")
+    with xr.open_dataset(output) as ds:
+        assert ds["t"].dims == ("time", "level", "latitude", "longitude")
+        assert ds["level"].values.tolist() == [500, 850]
+        expected = Regridder(decoded["latitude"].values, decoded["longitude"].values, TARGET)(decoded["t"].values)
+        np.testing.assert_array_equal(ds["t"].values, expected)
+        assert ds.attrs["history"].splitlines() == [
+            "seqvit regrid --grid 5.625deg --method conservative from 1 files",
+            "2023-01-01 00:00:00 GMT by grib_to_netcdf-2.25.1",
+        ]
+
+
+def test_cfgrib_layout(tmp_path):
+    """Names as cfgrib writes them: time (with valid_time beside it), isobaricInhPa, step, surface."""
+    source = era5_like_grid()
+    cds = write_cds_month(tmp_path / "cds.nc", pd.date_range("2016-01-01", periods=3, freq="6h"), source, "pressure-levels", seed=5)
+    cfgrib = cds.drop_vars("expver").rename({"valid_time": "time", "pressure_level": "isobaricInhPa"})
+    cfgrib = cfgrib.assign_coords(
+        step=np.timedelta64(0, "ns"), surface=0.0, valid_time=("time", cfgrib["time"].values)
+    )
+    cfgrib.to_netcdf(tmp_path / "cfgrib.nc")
+    for path in ("cds.nc", "cfgrib.nc"):
+        regrid_files([tmp_path / path], tmp_path / f"out-{path}", "5.625deg", "conservative")
+    with xr.open_dataset(tmp_path / "out-cds.nc") as a, xr.open_dataset(tmp_path / "out-cfgrib.nc") as b:
+        assert b["t"].dims == ("time", "level", "latitude", "longitude")
+        np.testing.assert_array_equal(a["time"].values, b["time"].values)
+        for name in ("t", "z", "u", "v"):
+            np.testing.assert_array_equal(a[name].values, b[name].values)
+
+
+def test_expver_dimension_is_collapsed_era5_first(tmp_path):
+    """Older CDS months mixing ERA5 (expver 1) and ERA5T (expver 5) along an expver dimension."""
+    source = era5_like_grid()
+    times = pd.date_range("2016-01-01", periods=4, freq="6h")
+    cds = write_cds_month(tmp_path / "cds.nc", times, source, "single-levels", seed=6)
+    final = cds["t2m"].values
+    stacked = np.stack([final, final + 50.0])  # (expver, time, lat, lon)
+    stacked[0, 2:] = np.nan  # ERA5 ends after two steps, ERA5T holds the rest
+    preliminary_only = final + 50.0
+    old = xr.Dataset(
+        {"t2m": (("expver", "time", "latitude", "longitude"), stacked.astype(np.float32), {"units": "K"})},
+        coords={"expver": [1, 5], "time": times, "latitude": cds["latitude"].values, "longitude": cds["longitude"].values},
+    )
+    old.to_netcdf(tmp_path / "expver.nc")
+    output = tmp_path / "out.nc"
+    regrid_files([tmp_path / "expver.nc"], output, "5.625deg", "conservative")
+    regridder = Regridder(cds["latitude"].values, cds["longitude"].values, TARGET)
+    with xr.open_dataset(output) as ds:
+        assert ds["t2m"].dims == ("time", "latitude", "longitude") and "expver" not in ds.variables
+        np.testing.assert_array_equal(ds["t2m"].values[:2], regridder(final[:2]))
+        np.testing.assert_array_equal(ds["t2m"].values[2:], regridder(preliminary_only[2:]))
+        np.testing.assert_array_equal(ds["t2m"].values, regrid(open_raw([tmp_path / "expver.nc"]), TARGET)["t2m"].values)
+
+
+def test_zip_or_grib_input_is_refused_with_the_fix(tmp_path):
+    path = tmp_path / "delivery.nc"
+    path.write_bytes(b"PK\x03\x04" + b"\0" * 64)
+    with pytest.raises(SeqvitError, match="delivery.nc: is a ZIP file; regrid reads netCDF"):
+        regrid_files([path], tmp_path / "out.nc", "5.625deg", "conservative")
+
+
+def test_single_time_step_squeezed_by_cfgrib(tmp_path):
+    """cfgrib drops the time dimension of a one-step file (time and valid_time become scalars);
+    read through the canonical view, with longitudes from -180 to check the order is restored."""
+    source = era5_like_grid()
+    cds = write_cds_month(tmp_path / "cds.nc", pd.date_range("2016-01-01", periods=1), source, "single-levels", seed=7)
+    shifted = cds.roll(longitude=64, roll_coords=True)
+    shifted = shifted.assign_coords(longitude=np.mod(shifted["longitude"].values + 180, 360) - 180)  # -180 .. 177.1875
+    squeezed = shifted.isel(valid_time=0).drop_vars("expver").rename({"valid_time": "time"})
+    squeezed = squeezed.assign_coords(valid_time=squeezed["time"].values)
+    assert squeezed["t2m"].dims == ("latitude", "longitude")
+    squeezed.to_netcdf(tmp_path / "squeezed.nc")
+    for name in ("cds.nc", "squeezed.nc"):
+        regrid_files([tmp_path / name], tmp_path / f"out-{name}", "5.625deg", "conservative")
+    with xr.open_dataset(tmp_path / "out-cds.nc") as a, xr.open_dataset(tmp_path / "out-squeezed.nc") as b:
+        np.testing.assert_array_equal(a["time"].values, b["time"].values)
+        np.testing.assert_array_equal(b["t2m"].values, a["t2m"].values)
+
+
+def test_streaming_in_small_chunks_across_file_boundaries(tmp_path, monkeypatch):
+    """Read chunks of 5 steps and output blocks of 7 that straddle the monthly files give exactly
+    the in-memory result (the reader runs one chunk ahead of the regridding)."""
+    import seqvit.data.regrid as regrid_module
+
+    source = era5_like_grid()
+    step_in = source.shape[0] * source.shape[1] * 2 * 12  # two levels, float32 + float64 per point
+    monkeypatch.setattr(regrid_module, "_CHUNK_BYTES", 5 * step_in)
+    monkeypatch.setattr(regrid_module, "_DISK_CHUNK_BYTES", 7 * 2 * TARGET.shape[0] * TARGET.shape[1] * 4)
+    paths = []
+    for month, steps in ((1, 9), (2, 4), (3, 11)):
+        paths.append(tmp_path / f"{month:02d}.nc")
+        write_cds_month(paths[-1], pd.date_range(f"2016-{month:02d}-01", periods=steps, freq="6h"), source, "pressure-levels", month)
+    output = tmp_path / "out.nc"
+    regrid_files(paths, output, "5.625deg", "conservative")
+    expected = regrid(open_raw(paths), TARGET, "conservative")
+    with xr.open_dataset(output) as ds:
+        assert ds["t"].encoding["chunksizes"][0] == 7
+        for name in ("t", "z", "u", "v"):
+            np.testing.assert_array_equal(ds[name].values, expected[name].values)

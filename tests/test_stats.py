@@ -227,3 +227,111 @@ def test_climatology_outside_the_training_months_is_refused_when_used():
     assert float(climatology_at(clim, pd.DatetimeIndex(["2018-01-15"])).values.squeeze()) == 1.0
     with pytest.raises(SeqvitError, match="data.months"):
         climatology_at(clim, pd.DatetimeIndex(["2018-07-01"]))
+
+
+def offset_cycle_values(offset_by_year):
+    """The known cycle plus an offset per year, so each year's share of the climatology shows."""
+
+    def values(times, channel):
+        return cycle_values(times, channel) + offset_by_year[int(times.year[0])]
+
+    return values
+
+
+def test_climatology_years_key_chooses_the_climatology_years_only(tmp_path):
+    offsets = {2014: 40.0, 2015: 0.0, 2016: -70.0}  # 2014 and 2015 have no 29 February: same days of year
+    paths = []
+    for year in offsets:
+        paths += write_year(tmp_path / "data", year, offset_cycle_values(offsets))
+    compute_stats(make_cfg(train=[2015]), paths, tmp_path / "stats.nc", tmp_path / "clim.nc")
+    cfg = make_cfg(train=[2015])
+    cfg["stats"] = {"climatology_years": [2014, 2015]}  # e.g. WeatherBench2: climatology years before training
+    compute_stats(cfg, paths, tmp_path / "stats2.nc", tmp_path / "clim2.nc")
+
+    # Mean and std still come from splits.train only.
+    for a, b in zip(load_stats(tmp_path / "stats.nc")[:2], load_stats(tmp_path / "stats2.nc")[:2]):
+        np.testing.assert_array_equal(a, b)
+    # 2014 is in the climatology with weight 1/2: +20 everywhere, the seasonal cycle unchanged.
+    with_2014 = load_climatology(tmp_path / "clim2.nc").values.astype(np.float64)
+    train_only = load_climatology(tmp_path / "clim.nc").values.astype(np.float64)
+    np.testing.assert_allclose(with_2014, train_only + 20.0, rtol=1e-6)  # float32 files: a few roundings of ~1e3
+    with xr.open_dataset(tmp_path / "clim2.nc") as ds:
+        assert ds.attrs["climatology_years"].tolist() == [2014, 2015]
+        assert np.atleast_1d(ds.attrs["train_years"]).tolist() == [2015]
+
+
+def test_climatology_years_default_to_the_training_split():
+    assert stats.climatology_years(make_cfg()) == [2015, 2016]
+    assert stats.climatology_years({**make_cfg(), "stats": {"climatology_years": [2016, 2014]}}) == [2014, 2016]
+
+
+@pytest.mark.parametrize("year, split", [(2017, "val"), (2018, "test")])
+def test_climatology_years_must_not_include_evaluation_years(tmp_path, year, split):
+    cfg = make_cfg()
+    cfg["stats"] = {"climatology_years": [2015, year]}
+    paths = write_year(tmp_path, 2015, random_values(1)) + write_year(tmp_path, 2016, random_values(2))
+    with pytest.raises(SeqvitError, match=rf"stats\.climatology_years.*\[{year}\].*splits\.val, splits\.test"):
+        compute_stats(cfg, paths, tmp_path / "stats.nc", tmp_path / "clim.nc")
+    assert not (tmp_path / "stats.nc").exists()
+
+
+def test_missing_climatology_year_names_the_key(tmp_path):
+    cfg = make_cfg()
+    cfg["stats"] = {"climatology_years": [2013, 2015]}
+    paths = write_year(tmp_path, 2015, random_values(1)) + write_year(tmp_path, 2016, random_values(2))
+    with pytest.raises(SeqvitError, match=r"stats\.climatology_years = \[2013, 2015\]: no data for \[2013\]"):
+        compute_stats(cfg, paths, tmp_path / "stats.nc", tmp_path / "clim.nc")
+
+
+def test_outputs_are_cf_netcdf_with_units_and_history(tmp_path):
+    paths = []
+    for year in (2015, 2016):
+        paths += write_year(tmp_path / "data", year, random_values(year))
+    compute_stats(make_cfg(), paths, tmp_path / "stats.nc", tmp_path / "clim.nc")
+    with xr.open_dataset(tmp_path / "stats.nc") as ds:
+        assert ds.attrs["Conventions"].startswith("CF-")
+        assert "seqvit stats" in ds.attrs["history"] and "[2015, 2016]" in ds.attrs["history"]
+        assert [str(u) for u in ds["channel_units"].values] == ["K", "K", "K"]
+        assert ds["mean"].attrs["units"] == "K" and ds["std"].attrs["units"] == "K"
+    with xr.open_dataset(tmp_path / "clim.nc") as ds:
+        assert ds.attrs["Conventions"].startswith("CF-") and "61-day triangular" in ds.attrs["history"]
+        assert ds["climatology"].attrs["units"] == "K"
+        assert ds["latitude"].attrs["units"] == "degrees_north" and ds["longitude"].attrs["units"] == "degrees_east"
+        encoding = ds["climatology"].encoding
+        assert encoding["zlib"] and encoding["chunksizes"][0] == 1  # one channel per chunk
+    # Readers see the contract's coordinates only.
+    assert set(load_climatology(tmp_path / "clim.nc").coords) == {"channel", "dayofyear", "hour", "latitude", "longitude"}
+
+
+def test_mixed_units_are_given_per_channel(tmp_path):
+    paths = []
+    for year in (2015, 2016):
+        paths += write_year(tmp_path, year, random_values(year))
+    for path in paths:  # make the pressure-level variable a geopotential
+        if "pressure-levels" in str(path):
+            with xr.open_dataset(path) as ds:
+                ds = ds.load()
+            ds["t"].attrs["units"] = "m2 s-2"
+            ds.to_netcdf(path)
+    compute_stats(make_cfg(), paths, tmp_path / "stats.nc", tmp_path / "clim.nc")
+    with xr.open_dataset(tmp_path / "stats.nc") as ds:
+        assert [str(u) for u in ds["channel_units"].values] == ["K", "m2 s-2", "m2 s-2"]
+        assert "units" not in ds["mean"].attrs  # one units attribute cannot describe mixed channels
+
+
+def test_std_merge_is_stable_for_a_large_mean(tmp_path, monkeypatch):
+    """Fields of ~1e6 varying by ~1 (geopotential-like offsets): sum-of-squares formulas lose about
+    all but 3 to 5 digits here in float64; the chunk-wise centred merge matches numpy's two-pass std."""
+    monkeypatch.setattr(stats, "_CHUNK_BYTES", 50 * len(CHANNELS) * LAT.size * LON.size * 4)  # many merges
+    paths = []
+    for year in (2015, 2016):
+        paths += write_year(tmp_path, year, random_values(year, offset=1e6))
+    compute_stats(make_cfg(), paths, tmp_path / "stats.nc", tmp_path / "clim.nc")
+    mean, std, _ = load_stats(tmp_path / "stats.nc")
+    reference = np.concatenate(
+        [np.stack([random_values(y, offset=1e6)(year_times(y), c).astype(np.float32) for c in range(3)], axis=1) for y in (2015, 2016)]
+    ).astype(np.float64)
+    np.testing.assert_allclose(std, reference.std(axis=(0, 2, 3)), rtol=1e-10)
+    np.testing.assert_allclose(mean, reference.mean(axis=(0, 2, 3)), rtol=1e-14)
+    naive = np.sqrt((reference**2).mean(axis=(0, 2, 3)) - reference.mean(axis=(0, 2, 3)) ** 2)
+    assert np.abs(naive / reference.std(axis=(0, 2, 3)) - 1).min() > 1e-6  # measured 4e-5 to 2e-3: the test can tell

@@ -114,9 +114,10 @@ rule stats:
         mem_mb=4000,
         runtime=30,
     params:
-        config=config_args("data", "splits"),
+        config=config_args("data", "splits", "stats"),
         data=config["data"],
         splits=config["splits"],
+        stats=config.get("stats", {}),
         code=source_hash("data/stats", "data/fields"),
     message:
         "Statistics and climatology over the training years"

@@ -1,4 +1,18 @@
-"""Named regular lat-lon grids (WeatherBench conventions) and their cell-area weights."""
+"""Named regular lat-lon grids (WeatherBench conventions) and their cell-area weights.
+
+Where the cell centres are (docs/grids.md has the full comparison):
+
+- 5.625deg (32 x 64), 2.8125deg (64 x 128), 1.40625deg (128 x 256): latitude centres half a cell
+  off the poles (-90 + d/2 + k d), longitude centres from 0. The grids of WeatherBench's data
+  (and CDO's r64x32, r128x64, r256x128); 5.625deg is WeatherBench2's 64x32 "equiangular without
+  poles" grid.
+- 1deg (181 x 360) and 0.25deg (721 x 1440): the ERA5 grids, latitude points at -90 + k d, the
+  poles included; 0.25deg is WeatherBench2's native 1440x721.
+
+Cells: edges midway between centres (longitude periodic), latitude edges clipped to +-90, so a
+grid with points at the poles has half cells there. Cell area ~ sin(north) - sin(south); the
+same cells serve conservative regridding, latitude weights and global means (CDO agrees).
+"""
 
 from __future__ import annotations
 

@@ -9,7 +9,12 @@ climatology.nc: the mean per channel, day of year (1..366) and hour of day, as W
 computes it (weatherbench2 utils.compute_hourly_stat): for each hour, the samples of each day of
 year are averaged over the years and over a 61-day triangular window along the day of year
 that wraps around the year end; in years without 29 February day 366 repeats day 365. Sums and
-counts per (day of year, hour) are accumulated in float64 and smoothed once at the end.
+counts per (day of year, hour) are accumulated in float64 and smoothed once at the end. The
+years are the config key stats.climatology_years, by default splits.train; they may include
+years outside every split (WeatherBench2 uses 1990-2019), never a validation or test year.
+
+Both files are CF netCDF4 with coordinates, per-channel units (the auxiliary coordinate
+`channel_units`, since one variable holds channels of different units) and a history attribute.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from seqvit.data.fields import channel_names, open_channels, split_times
+from seqvit.data.fields import channel_names, open_channels
 from seqvit.errors import SeqvitError
 from seqvit.io import atomic_path
 
@@ -128,7 +133,8 @@ class _Climatology:
         return out
 
 
-def _years_by_file(paths) -> dict[Path, set[int]]:
+def _years_by_file(paths, units: dict[str, str] | None = None) -> dict[Path, set[int]]:
+    """The years each file holds; fills `units` with the units attribute of each variable."""
     years = {}
     for path in paths:
         path = Path(path)
@@ -138,6 +144,33 @@ def _years_by_file(paths) -> dict[Path, set[int]]:
             if "time" not in ds.dims:
                 raise SeqvitError(f"{path}: no 'time' dimension; expected a regridded file in the canonical layout")
             years[path] = set(pd.DatetimeIndex(ds["time"].values).year.tolist())
+            if units is not None:
+                for name, da in ds.data_vars.items():
+                    units.setdefault(str(name), str(da.attrs.get("units", "")))
+    return years
+
+
+def _channel_units(channels, units: dict[str, str]) -> list[str]:
+    """Units per channel from the variables' units ("t_850" has the units of "t")."""
+    return [units.get(channel, units.get(channel.partition("_")[0], "")) for channel in channels]
+
+
+def climatology_years(cfg: dict) -> list[int]:
+    """Years of the climatology: config key stats.climatology_years, by default splits.train.
+
+    Validation and test years are refused: a climatology that has seen them would leak the
+    evaluation data into the climatology baseline and the ACC anomalies.
+    """
+    configured = (cfg.get("stats") or {}).get("climatology_years")
+    years = sorted({int(y) for y in (configured if configured else cfg["splits"]["train"])})
+    splits = cfg.get("splits") or {}
+    held_out = {int(y) for split in ("val", "test") for y in (splits.get(split) or [])}
+    leaking = sorted(held_out.intersection(years))
+    if leaking:
+        raise SeqvitError(
+            f"config key stats.climatology_years = {years} includes {leaking}, which are validation or test years "
+            "(splits.val, splits.test); the climatology must not see them: drop those years"
+        )
     return years
 
 
@@ -150,7 +183,9 @@ def compute_stats(cfg: dict, regridded_paths, stats_out, clim_out) -> None:
     if not (cfg.get("splits") or {}).get("train"):
         raise SeqvitError("config key splits.train is missing or empty; list the training years, e.g. [2015, 2016]")
     train_years = sorted(int(y) for y in cfg["splits"]["train"])
-    years_by_file = _years_by_file(regridded_paths)
+    clim_years = climatology_years(cfg)
+    units: dict[str, str] = {}
+    years_by_file = _years_by_file(regridded_paths, units)
     found = sorted(set().union(*years_by_file.values()))
     missing = [year for year in train_years if year not in found]
     if missing:  # statistics from part of the training split would be silently different
@@ -158,7 +193,13 @@ def compute_stats(cfg: dict, regridded_paths, stats_out, clim_out) -> None:
             f"config key splits.train = {train_years}: no data for {missing}; the regridded files hold the years "
             f"{found}; regrid those years (list them in data.years) or change splits.train"
         )
-    wanted = train_years
+    missing = [year for year in clim_years if year not in found]
+    if missing:
+        raise SeqvitError(
+            f"config key stats.climatology_years = {clim_years}: no data for {missing}; the regridded files hold "
+            f"the years {found}; regrid those years (list them in data.years) or change stats.climatology_years"
+        )
+    wanted = sorted(set(train_years) | set(clim_years))
 
     moments = _Moments(len(channels))
     climatology = None
@@ -167,7 +208,7 @@ def compute_stats(cfg: dict, regridded_paths, stats_out, clim_out) -> None:
         files = [path for path, years in years_by_file.items() if year in years]
         fields = open_channels(files, channels)
         times = pd.DatetimeIndex(fields["time"].values)
-        keep = split_times(times, cfg, "train") & (times.year == year)
+        keep = times.year == year
         times = times[keep]
         if times.has_duplicates:
             raise SeqvitError(f"time {times[times.duplicated()][0]} appears twice in the regridded files of {year}: {files}")
@@ -182,8 +223,10 @@ def compute_stats(cfg: dict, regridded_paths, stats_out, clim_out) -> None:
         step = max(1, _CHUNK_BYTES // max(values[:1].nbytes, 1))
         for start in range(0, len(times), step):
             chunk = values[start : start + step]
-            moments.update(chunk)
-            climatology.update(times[start : start + step], chunk)
+            if year in train_years:
+                moments.update(chunk)
+            if year in clim_years:
+                climatology.update(times[start : start + step], chunk)
 
     if moments.count == 0:
         raise SeqvitError(f"config key splits.train = {train_years}: no time steps of those years in the regridded files (found {found})")
@@ -191,14 +234,24 @@ def compute_stats(cfg: dict, regridded_paths, stats_out, clim_out) -> None:
         flat = [c for c, s in zip(channels, moments.std) if s == 0]
         raise SeqvitError(f"channels {flat} are constant over the training years; normalizing them would divide by zero")
 
-    attrs = {"train_years": wanted, "history": "seqvit stats"}
+    channel_units = _channel_units(channels, units)
+    same_units = {"units": channel_units[0]} if len(set(channel_units)) == 1 and channel_units[0] else {}
+    channel_coords = {
+        "channel": ("channel", np.array(channels, dtype=object), {"long_name": "variable, or variable_level (hPa)"}),
+        "channel_units": ("channel", np.array(channel_units, dtype=object), {"long_name": "units of each channel"}),
+    }
+    attrs = {"Conventions": "CF-1.8", "train_years": train_years, "climatology_years": clim_years}
     stats = xr.Dataset(
         {
-            "mean": ("channel", moments.mean, {"long_name": "mean over the training years and all grid points"}),
-            "std": ("channel", moments.std, {"long_name": "standard deviation (population) over the same samples"}),
+            "mean": ("channel", moments.mean, {"long_name": "mean over the training years and all grid points", **same_units}),
+            "std": (
+                "channel",
+                moments.std,
+                {"long_name": "standard deviation (population) over the same samples", **same_units},
+            ),
         },
-        coords={"channel": np.array(channels, dtype=object)},
-        attrs={**attrs, "samples_per_channel": moments.count},
+        coords=channel_coords,
+        attrs={**attrs, "samples_per_channel": moments.count, "history": f"seqvit stats: mean and std over the training years {train_years}"},
     )
     with atomic_path(stats_out) as tmp:
         stats.to_netcdf(tmp, format="NETCDF4")
@@ -210,19 +263,23 @@ def compute_stats(cfg: dict, regridded_paths, stats_out, clim_out) -> None:
                 ("channel", "dayofyear", "hour", "latitude", "longitude"),
                 climatology.smoothed(),
                 {
-                    "long_name": "mean by day of year and hour of day over the training years",
+                    "long_name": f"mean by day of year and hour of day over the years {clim_years}",
                     "smoothing": f"{WINDOW_DAYS}-day triangular window along day of year, circular (WeatherBench2)",
+                    **same_units,
                 },
             )
         },
         coords={
-            "channel": np.array(channels, dtype=object),
-            "dayofyear": np.arange(1, DAYS_OF_YEAR + 1),
-            "hour": np.array(climatology.hours, dtype=np.int64),
-            "latitude": ("latitude", lat, {"units": "degrees_north", "standard_name": "latitude"}),
-            "longitude": ("longitude", lon, {"units": "degrees_east", "standard_name": "longitude"}),
+            **channel_coords,
+            "dayofyear": ("dayofyear", np.arange(1, DAYS_OF_YEAR + 1), {"long_name": "day of year", "units": "1"}),
+            "hour": ("hour", np.array(climatology.hours, dtype=np.int64), {"long_name": "hour of day (UTC)", "units": "hours"}),
+            "latitude": ("latitude", lat, {"units": "degrees_north", "standard_name": "latitude", "axis": "Y"}),
+            "longitude": ("longitude", lon, {"units": "degrees_east", "standard_name": "longitude", "axis": "X"}),
         },
-        attrs=attrs,
+        attrs={
+            **attrs,
+            "history": f"seqvit stats: climatology over the years {clim_years}, {WINDOW_DAYS}-day triangular window",
+        },
     )
     plane_bytes = len(climatology.hours) * lat.size * lon.size * 4
     encoding = {
@@ -264,6 +321,8 @@ def load_climatology(path) -> xr.DataArray:
         if "climatology" not in ds:
             raise SeqvitError(f"{path}: no variable 'climatology'; rerun `seqvit stats`")
         clim = ds["climatology"].load()
+    # Only the channel names travel on: forecasts and fields carry no units coordinate to align with.
+    clim = clim.drop_vars([name for name in ("channel_units",) if name in clim.coords])
     return clim.assign_coords(channel=[str(c) for c in clim["channel"].values])
 
 
