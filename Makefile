@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 CONFIG ?= config/config.yaml
 
-.PHONY: demo test install report clean cdo slurm
+.PHONY: demo test install report clean cdo slurm frontier-profile
 
 $(BIN)/seqvit: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +49,13 @@ slurm:
 
 test: install cdo slurm
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest
+
+# Snakemake finds a bare profile name in ./ or ~/.config/snakemake, not in profiles/: link it
+# there so that `snakemake --profile frontier` works from this folder.
+frontier-profile:
+	mkdir -p $(HOME)/.config/snakemake
+	ln -sfn $(CURDIR)/profiles/frontier $(HOME)/.config/snakemake/frontier
+	@echo "linked $(HOME)/.config/snakemake/frontier -> $(CURDIR)/profiles/frontier"
 
 clean:
 	rm -rf results/raw results/regridded results/stats results/tokens results/train \

@@ -53,3 +53,13 @@ def test_snakemake_config_overrides_round_trip(demo_cfg):
     overrides = {"train": {"steps": 5, "lead_hours": [6, 24]}, "grid": "1deg"}
     cfg = apply_overrides(demo_cfg, flatten_overrides(overrides))
     assert cfg["train"]["steps"] == 5 and cfg["train"]["lead_hours"] == [6, 24] and cfg["grid"] == "1deg"
+
+
+def test_command_line_overrides_leave_out_what_the_files_say(tmp_path):
+    from seqvit.config import command_line_overrides
+
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  steps: 3\n  lr: 0.1\ngrid: 5.625deg\n")
+    # Snakemake's overwrite_config: the file's contents plus one real --config override
+    overwrite = {"train": {"steps": 3, "lr": 0.2}, "grid": "5.625deg", "experiment": "x"}
+    assert command_line_overrides(overwrite, [path]) == {"train": {"lr": 0.2}, "experiment": "x"}

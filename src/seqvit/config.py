@@ -58,12 +58,23 @@ def apply_overrides(cfg: dict, overrides) -> dict:
             raise SeqvitError(f"--set {item!r}: expected dotted.key=value, e.g. --set train.steps=100")
         node = cfg
         parts = key.split(".")
-        for part in parts[:-1]:
+        for depth, part in enumerate(parts[:-1]):
+            if depth == 0 and part not in node and part in _optional_sections():
+                node[part] = {}  # e.g. --set parallel.sp=2 on a config without a parallel section
             if not isinstance(node.get(part), dict):
                 raise SeqvitError(f"--set {item!r}: config has no section {part!r}")
             node = node[part]
         node[parts[-1]] = yaml.safe_load(raw)
     return cfg
+
+
+def _optional_sections() -> set[str]:
+    """Top-level sections the schema knows (objects) that a config may leave out."""
+    if not SCHEMA.exists():
+        return set()
+    schema = yaml.safe_load(SCHEMA.read_text())
+    required = set(schema.get("required", []))
+    return {k for k, v in schema.get("properties", {}).items() if v.get("type") == "object" and k not in required}
 
 
 def validate(cfg: dict, source: str = "config") -> None:
@@ -92,3 +103,27 @@ def flatten_overrides(overrides: dict, prefix: str = "") -> list[str]:
         else:
             items.append(f"{dotted}={yaml.safe_dump(value, default_flow_style=True).strip().removesuffix('...').strip()}")
     return items
+
+
+def command_line_overrides(overwrite: dict, configfiles) -> dict:
+    """Snakemake's `--config` values: its overwrite_config less what the config files say.
+
+    Snakemake folds the contents of --configfile into overwrite_config; only entries that the
+    files do not already hold came from `--config` and must be handed on to the CLI.
+    """
+    from_files: dict = {}
+    for path in configfiles:
+        from_files = _merge(from_files, _read(Path(path)))
+
+    def differ(new: dict, old: dict) -> dict:
+        out = {}
+        for key, value in new.items():
+            if isinstance(value, dict) and isinstance(old.get(key), dict):
+                sub = differ(value, old[key])
+                if sub:
+                    out[key] = sub
+            elif key not in old or old[key] != value:
+                out[key] = value
+        return out
+
+    return differ(overwrite or {}, from_files)

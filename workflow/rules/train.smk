@@ -22,19 +22,23 @@ rule train:
         "../../envs/seqvit.yaml"
     threads: config["train"].get("threads", 2)
     resources:
-        mem_mb=8000,
-        runtime=120,
+        # nodes, tasks, partition, QoS and walltime follow parallel.* and cluster.* of the config
+        **TRAIN_RESOURCES,
     params:
-        config=config_args("train", "model", "splits", "parallel"),
+        config=config_args("train", "model", "splits", "parallel", "cluster"),
+        seqvit=lambda wc: seqvit_command(config, int(wc.p)),
+        run=lambda wc: run_args(int(wc.p)),
+        sbatch=lambda wc: describe_sbatch(train_resources(config, int(wc.p))),
         model=config["model"],
         parallel=config.get("parallel", {}),
+        cluster=config.get("cluster", {}),
         train=config["train"],
         splits=config["splits"],
         code=source_hash("model", "train/engine", "data/loader", "parallel"),
     message:
-        "Training the ViT on {wildcards.p} x {wildcards.p} patches"
+        "Training the ViT on {wildcards.p} x {wildcards.p} patches (on Slurm: {params.sbatch})"
     shell:
-        "seqvit train {params.config} --patch-size {wildcards.p} --quiet > {log} 2>&1"
+        "{params.seqvit} train {params.config} {params.run} --patch-size {wildcards.p} --quiet > {log} 2>&1"
 
 
 rule predict:

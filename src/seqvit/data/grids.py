@@ -37,7 +37,9 @@ class Grid:
 # Grids without poles as cell centres: latitude centres sit half a cell off the poles, as in
 # WeatherBench's 5.625/2.8125/1.40625 deg data. The 1 and 0.25 deg grids are the ERA5 ones,
 # whose latitude points include the poles (cells at the poles are half cells).
-_EQUIANGULAR = {"5.625deg": 5.625, "2.8125deg": 2.8125, "1.40625deg": 1.40625}
+# 0.25deg-nopoles: the 0.25 deg grid of cells without pole points (720 x 1440), whose sides the
+# patch sizes of the long-sequence runs divide (720 x 1440 / 1 x 1 patches = 1,036,800 tokens).
+_EQUIANGULAR = {"5.625deg": 5.625, "2.8125deg": 2.8125, "1.40625deg": 1.40625, "0.25deg-nopoles": 0.25}
 _WITH_POLES = {"1deg": 1.0, "0.25deg": 0.25}
 
 

@@ -1,0 +1,144 @@
+"""How a training run is laid out as a Slurm job: nodes, tasks, partition, QoS, walltime.
+
+The experiment config says what each run needs (`parallel`: the sequence-parallel degree P of
+each patch size, and D data-parallel replicas); its `cluster` section describes the machine
+(tasks per node, CPUs per task, partitions and their limits, the launcher). Snakemake's train
+rule turns the result into sbatch resources and the srun line, so the same rule runs on
+Frontier, on the test cluster and on a laptop (no `cluster` section: one plain process, or
+torchrun for several).
+"""
+
+from __future__ import annotations
+
+import math
+import shlex
+
+from seqvit.errors import SeqvitError
+
+
+def run_parallelism(cfg: dict, patch_size: int) -> tuple[int, int]:
+    """(P, D) of the run with this patch size: parallel.runs[p] overrides parallel.sp / .dp."""
+    pcfg = cfg.get("parallel") or {}
+    run = (pcfg.get("runs") or {}).get(patch_size) or (pcfg.get("runs") or {}).get(str(patch_size)) or {}
+    sp = int(run.get("sp", pcfg.get("sp", 1)))
+    dp = int(run.get("dp", pcfg.get("dp", 1)))
+    if sp < 1 or dp < 1:
+        raise SeqvitError(f"parallel.runs.{patch_size}: sp and dp must be at least 1 (got sp={sp}, dp={dp})")
+    return sp, dp
+
+
+def job_layout(cfg: dict, patch_size: int) -> dict:
+    """Tasks, nodes, partition, QoS and minutes of the training job for one patch size."""
+    sp, dp = run_parallelism(cfg, patch_size)
+    world = sp * dp
+    cluster = cfg.get("cluster") or {}
+    per_node = int(cluster.get("tasks_per_node", world))
+    if per_node < 1:
+        raise SeqvitError("cluster.tasks_per_node must be at least 1")
+    if sp > per_node and sp % per_node:
+        raise SeqvitError(
+            f"parallel.runs.{patch_size}: a sequence-parallel group of {sp} ranks must fill whole nodes of "
+            f"{per_node} tasks (cluster.tasks_per_node); use a multiple of {per_node}"
+        )
+    nodes = math.ceil(world / per_node)
+    minutes = int(cluster.get("train_minutes", 120))
+    layout = {"sp": sp, "dp": dp, "world": world, "nodes": nodes, "tasks_per_node": min(per_node, world),
+              "minutes": minutes, "partition": None, "qos": None}
+    if cluster.get("debug"):
+        debug = cluster.get("debug_qos") or {}
+        limit = int(debug.get("max_minutes", 120))
+        if nodes > int(debug.get("max_nodes", nodes)):
+            raise SeqvitError(f"cluster.debug: {nodes} nodes exceed the debug QoS limit of {debug['max_nodes']}")
+        layout.update(partition=debug.get("partition"), qos=debug.get("qos", "debug"), minutes=min(minutes, limit))
+        return layout
+    partitions = cluster.get("partitions") or []
+    fitting = [p for p in partitions if int(p.get("min_nodes", 1)) <= nodes <= int(p["max_nodes"])]
+    if partitions and not fitting:
+        largest = max(int(p["max_nodes"]) for p in partitions)
+        raise SeqvitError(
+            f"the p={patch_size} run needs {nodes} nodes (sp={sp} x dp={dp} tasks / {per_node} per node); "
+            f"no entry of cluster.partitions takes that many (the largest takes {largest})"
+        )
+    if fitting:
+        # the first partition that allows the wanted walltime, else the first that takes the nodes
+        # with its limit (training checkpoints and a retry resumes it)
+        chosen = next((p for p in fitting if minutes <= int(p["max_minutes"])), fitting[0])
+        layout.update(partition=chosen["name"], qos=chosen.get("qos"), minutes=min(minutes, int(chosen["max_minutes"])))
+    return layout
+
+
+def train_resources(cfg: dict, patch_size: int) -> dict:
+    """Snakemake resources of the train job (sbatch options through the Slurm executor)."""
+    cluster = cfg.get("cluster") or {}
+    layout = job_layout(cfg, patch_size)
+    resources = {"runtime": layout["minutes"], "nodes": layout["nodes"]}
+    if cluster.get("cpus_per_task"):
+        resources["cpus_per_task"] = int(cluster["cpus_per_task"])
+    if cluster.get("mem_mb") is not None:
+        resources["mem_mb"] = int(cluster["mem_mb"])
+    if layout["partition"]:
+        resources["slurm_partition"] = layout["partition"]
+    if layout["qos"]:
+        resources["qos"] = layout["qos"]
+    if _uses_srun(cfg, patch_size):
+        resources["mpi"] = "srun"
+        if layout["world"] >= 2 * layout["tasks_per_node"] or (layout["nodes"] > 1):
+            resources["tasks_per_node"] = layout["tasks_per_node"]
+        else:
+            resources["tasks"] = layout["world"]
+    extra = [str(cluster["sbatch_extra"])] if cluster.get("sbatch_extra") else []
+    if cluster.get("signal_seconds"):
+        # Slurm warns every step this long before the walltime; training checkpoints on it
+        extra.append(f"--signal=USR1@{int(cluster['signal_seconds'])}")
+    if extra:
+        resources["slurm_extra"] = " ".join(extra)
+    return resources
+
+
+def _uses_srun(cfg: dict, patch_size: int) -> bool:
+    launcher = (cfg.get("cluster") or {}).get("launcher", "none")
+    return launcher == "srun" and job_layout(cfg, patch_size)["world"] > 1
+
+
+def seqvit_command(cfg: dict, patch_size: int) -> str:
+    """The start of the train job's shell command, up to and including the `seqvit` program."""
+    cluster = cfg.get("cluster") or {}
+    layout = job_layout(cfg, patch_size)
+    parts = []
+    if cluster.get("env_script"):
+        parts.append(f"source {shlex.quote(str(cluster['env_script']))} &&")
+    launcher = cluster.get("launcher", "none")
+    if launcher not in ("none", "srun", "torchrun"):
+        raise SeqvitError(f"cluster.launcher: {launcher!r}; use none, srun or torchrun")
+    if layout["world"] > 1:
+        if launcher == "srun":
+            parts.append(
+                f"srun --nodes {layout['nodes']} --ntasks {layout['world']}"
+                + (f" --cpus-per-task {int(cluster['cpus_per_task'])}" if cluster.get("cpus_per_task") else "")
+                + (f" {cluster['srun_extra']}" if cluster.get("srun_extra") else "")
+                + " seqvit"
+            )
+        else:  # one machine without Slurm: torchrun starts the ranks
+            parts.append(f"torchrun --standalone --nproc-per-node {layout['world']} -m seqvit.cli")
+    else:
+        parts.append("seqvit")
+    return " ".join(parts)
+
+
+def describe_sbatch(resources: dict) -> str:
+    """The sbatch options the Slurm executor derives from `resources` (shown in dry runs)."""
+    options = [f"--nodes={resources['nodes']}"]
+    if resources.get("tasks_per_node"):
+        options.append(f"--ntasks-per-node={resources['tasks_per_node']}")
+    elif resources.get("tasks"):
+        options.append(f"--ntasks={resources['tasks']}")
+    if resources.get("cpus_per_task"):
+        options.append(f"--cpus-per-task={resources['cpus_per_task']}")
+    if resources.get("slurm_partition"):
+        options.append(f"--partition={resources['slurm_partition']}")
+    if resources.get("qos"):
+        options.append(f"--qos={resources['qos']}")
+    options.append(f"--time={resources['runtime']}")
+    if resources.get("slurm_extra"):
+        options.append(resources["slurm_extra"])
+    return " ".join(options)
