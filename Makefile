@@ -59,4 +59,5 @@ frontier-profile:
 
 clean:
 	rm -rf results/raw results/regridded results/stats results/tokens results/train \
-	       results/predictions results/eval results/logs results/benchmarks results/report.html .snakemake
+	       results/predictions results/eval results/provenance results/logs results/benchmarks \
+	       results/report.html .snakemake

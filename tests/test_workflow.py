@@ -1,5 +1,6 @@
 """The whole workflow, run by Snakemake on a tiny configuration, as a user runs it."""
 
+import json
 import os
 import subprocess
 import sys
@@ -61,11 +62,20 @@ def test_whole_workflow_runs_and_reruns_nothing(tiny):
     metrics = pd.read_csv(results / "eval" / "metrics.csv")
     assert {"run", "model", "variable", "lead_hours", "rmse", "acc"} <= set(metrics.columns)
     assert set(metrics["model"]) == {"vit-p8", "climatology", "persistence", "linear"}
-    assert set(metrics["variable"]) == {"t2m", "t_850"} and set(metrics["lead_hours"]) == {6, 24}
+    assert set(metrics["variable"]) == {"t2m", "t_850", "z_500"} and set(metrics["lead_hours"]) == {6, 24}
     assert metrics["rmse"].gt(0).all() and metrics["rmse"].notna().all()
     assert (results / "eval" / "rmse_vs_lead.png").stat().st_size > 0
     train_log = pd.read_csv(results / "train" / "p8" / "metrics.csv")
     assert {"step", "loss"} <= set(train_log.columns) and train_log["step"].max() == 20
+    for name in ("rmse_vs_seqlen.png", "rmse_vs_seqlen.pdf", "loss_curves.png", "loss_curves.pdf", "seqlen_change.csv"):
+        assert (results / "eval" / name).stat().st_size > 0, name
+    # provenance: one action per job, the validator's verdict, methods and tables
+    crate = json.loads((results / "provenance" / "ro-crate-metadata.json").read_text())
+    actions = [e for e in crate["@graph"] if e["@type"] == "CreateAction" and e["@id"].startswith("#job-")]
+    rules = {a["instrument"]["@id"].removeprefix("#rule-") for a in actions}
+    assert rules == {"synth", "regrid", "stats", "tokenize", "train", "predict", "baseline", "evaluate"}, rules
+    assert all(a.get("startTime") and a.get("endTime") for a in actions)
+    assert (results / "provenance" / "methods.md").exists() and (results / "provenance" / "tables" / "rmse.tex").exists()
 
     # nothing changed: nothing reruns
     assert "Nothing to be done" in run([*base, "-n"], workdir)

@@ -76,12 +76,14 @@ def cmd_tokenize(args):
 
 def cmd_train(args):
     from seqvit.layout import Layout
+    from seqvit.parallel.groups import launcher_env
     from seqvit.train.engine import train
 
     cfg = _config(args)
     lay = Layout(cfg)
     train(cfg, lay.tokens(args.patch_size), lay.run_dir(args.patch_size), args.patch_size, progress=not args.quiet)
-    print(f"wrote {lay.run_dir(args.patch_size)}")
+    if launcher_env()["rank"] == 0:  # under torchrun / srun only rank 0 writes and reports
+        print(f"wrote {lay.run_dir(args.patch_size)}")
 
 
 def cmd_predict(args):
@@ -113,8 +115,21 @@ def cmd_evaluate(args):
     cfg = _config(args)
     lay = Layout(cfg)
     names = lay.model_names() + lay.baseline_names()
-    evaluate(cfg, {n: lay.prediction(n) for n in names}, lay.regridded_all(), lay.climatology, lay.eval_dir)
+    train_logs = {f"p{p}": lay.run_dir(p) / "metrics.csv" for p in lay.patch_sizes()}
+    evaluate(cfg, {n: lay.prediction(n) for n in names}, lay.regridded_all(), lay.climatology, lay.eval_dir, train_logs=train_logs)
     print(f"wrote {lay.eval_dir / 'metrics.csv'}")
+
+
+def cmd_provenance(args):
+    from seqvit.layout import Layout
+    from seqvit.provenance.crate import build_provenance
+
+    cfg = _config(args)
+    lay = Layout(cfg)
+    out = build_provenance(
+        cfg, lay, [Path(p) for p in args.config], Path(args.snakemake_dir), validate=not args.no_validate
+    )
+    print(f"wrote {out}")
 
 
 def cmd_paths(args):
@@ -174,7 +189,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = stage("tokenize", cmd_tokenize, "normalize and cut the fields into patch tokens (zarr)")
     p.add_argument("--patch-size", type=int, required=True, metavar="P")
 
-    p = stage("train", cmd_train, "train the ViT for one patch size (resumes from its checkpoint)")
+    p = stage(
+        "train", cmd_train,
+        "train the ViT for one patch size (resumes from its checkpoint); under torchrun or srun with "
+        "--set parallel.sp=P the token sequence of each sample is split over P processes",
+    )  # fmt: skip
     p.add_argument("--patch-size", type=int, required=True, metavar="P")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -185,6 +204,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", required=True, choices=["climatology", "persistence", "linear"])
 
     stage("evaluate", cmd_evaluate, "latitude-weighted RMSE/ACC of every model and baseline, table and figures")
+    p = stage(
+        "provenance", cmd_provenance,
+        "Workflow Run RO-Crate (one action per Snakemake job, checksums, config, git, versions, hardware), "
+        "methods.md and LaTeX tables under <results>/provenance",
+    )  # fmt: skip
+    p.add_argument("--snakemake-dir", default=".snakemake", metavar="DIR", help="Snakemake's state folder (job records)")
+    p.add_argument("--no-validate", action="store_true", help="skip the RO-Crate validator even when it is installed")
     stage("paths", cmd_paths, "print the main output paths for a config")
     return parser
 

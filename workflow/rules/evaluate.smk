@@ -40,6 +40,7 @@ rule evaluate:
         ],
         fields=LAYOUT.regridded_all(),
         climatology=LAYOUT.climatology,
+        train_logs=[LAYOUT.run_dir(p) / "metrics.csv" for p in LAYOUT.patch_sizes()],
     output:
         metrics=report(
             f"{RESULTS}/eval/metrics.csv",
@@ -63,6 +64,28 @@ rule evaluate:
             caption="../report/maps.rst",
             category="4. Evaluation",
         ),
+        seqlen=report(
+            f"{RESULTS}/eval/rmse_vs_seqlen.csv",
+            caption="../report/rmse_vs_seqlen_table.rst",
+            category="5. Sequence length",
+        ),
+        seqlen_change=report(
+            f"{RESULTS}/eval/seqlen_change.csv",
+            caption="../report/seqlen_change.rst",
+            category="5. Sequence length",
+        ),
+        seqlen_figure=report(
+            f"{RESULTS}/eval/rmse_vs_seqlen.png",
+            caption="../report/rmse_vs_seqlen.rst",
+            category="5. Sequence length",
+        ),
+        seqlen_figure_pdf=f"{RESULTS}/eval/rmse_vs_seqlen.pdf",
+        loss_curves=report(
+            f"{RESULTS}/eval/loss_curves.png",
+            caption="../report/loss_curves.rst",
+            category="3. Training",
+        ),
+        loss_curves_pdf=f"{RESULTS}/eval/loss_curves.pdf",
     log:
         f"{RESULTS}/logs/evaluate.log",
     benchmark:

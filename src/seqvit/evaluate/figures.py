@@ -130,3 +130,83 @@ def maps_png(truth, forecast, out_png, model: str = "forecast", title: str = "")
     if title:
         fig.suptitle(title)
     return _save(fig, out_png)
+
+
+def rmse_vs_seqlen(long: pd.DataFrame, change: pd.DataFrame, baselines: pd.DataFrame, out_png) -> tuple[Path, Path]:
+    """Headline RMSE against sequence length (log2 axis), one panel per variable, a line per lead.
+
+    Baselines (which have no sequence length) are drawn as thin horizontal lines in the lead's
+    colour; the legend gives the relative change from the shortest to the longest sequence.
+    """
+    out_png = Path(out_png)
+    if long.empty:
+        fig = Figure(figsize=(5, 3), layout="constrained")
+        ax = fig.subplots()
+        ax.text(0.5, 0.5, "no ViT runs to compare", ha="center", va="center")
+        ax.set_axis_off()
+        return _save(fig, out_png), _save(fig, out_png.with_suffix(".pdf"))
+    variables = list(dict.fromkeys(long["variable"]))
+    leads = sorted(long["lead_hours"].unique())
+    ncols = min(len(variables), 3)
+    nrows = int(np.ceil(len(variables) / ncols))
+    fig = Figure(figsize=(4.8 * ncols, 3.8 * nrows), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
+    lengths = sorted(long["seq_len"].unique())
+    patch_of = dict(zip(long["seq_len"], long["patch_size"]))
+    styles = {"persistence": ":", "linear": "-.", "climatology": (0, (1, 3))}
+    for ax, variable in zip(axes, variables):
+        notes = []
+        for i, lead in enumerate(leads):
+            line = long[(long["variable"] == variable) & (long["lead_hours"] == lead)].sort_values("seq_len")
+            ch = change[(change["variable"] == variable) & (change["lead_hours"] == lead)]["change_pct"]
+            pct = float(ch.iloc[0]) if len(ch) else float("nan")
+            if not np.isnan(pct):
+                notes.append(f"{lead} h: {pct:+.1f}%")
+            ax.plot(line["seq_len"], line["rmse"], marker="o", linewidth=2.2, color=f"C{i}", label=f"ViT, {lead} h")
+            for model, style in styles.items():
+                b = baselines[(baselines["model"] == model) & (baselines["variable"] == variable) & (baselines["lead_hours"] == lead)]
+                if len(b):
+                    ax.axhline(float(b["rmse"].iloc[0]), color=f"C{i}", linestyle=style, linewidth=1.0, alpha=0.8,
+                               label=f"{model}, {lead} h")
+        units = channel_units(variable)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(lengths)
+        ax.set_xticklabels([f"{n}\n(p={patch_of[n]})" for n in lengths])
+        ax.minorticks_off()
+        ax.set_title(channel_label(variable))
+        ax.set_xlabel("sequence length [tokens]")
+        ax.set_ylabel(f"RMSE [{units}]" if units else "RMSE")
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+        if notes:  # in the title, where it hides no line
+            ax.set_title(f"{channel_label(variable)}\nRMSE change shortest → longest: {', '.join(notes)}", fontsize=10)
+    for ax in axes[len(variables):]:
+        ax.set_visible(False)
+    # One legend for all panels, below them, so it never hides a line.
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 4), frameon=False, fontsize=8)
+    return _save(fig, out_png), _save(fig, out_png.with_suffix(".pdf"))
+
+
+def loss_curves(runs: dict, out_png) -> tuple[Path, Path]:
+    """Training and validation loss against step for each run ({label: metrics.csv DataFrame}).
+
+    Training loss is drawn thin, validation loss (where logged) thick with markers; log y axis.
+    """
+    out_png = Path(out_png)
+    fig = Figure(figsize=(6.4, 4.2), layout="constrained")
+    ax = fig.subplots()
+    for i, (label, df) in enumerate(runs.items()):
+        if not {"step", "loss"} <= set(df.columns):
+            raise SeqvitError(f"training log of {label} lacks columns step and loss (has {list(df.columns)})")
+        ax.plot(df["step"], df["loss"], color=f"C{i}", linewidth=0.9, alpha=0.7, label=f"{label} train")
+        if "val_loss" in df.columns:
+            val = df.dropna(subset=["val_loss"])
+            if len(val):
+                ax.plot(val["step"], val["val_loss"], color=f"C{i}", linewidth=2.2, marker="o", label=f"{label} validation")
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (latitude-weighted MSE, normalized)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8, frameon=False)
+    return _save(fig, out_png), _save(fig, out_png.with_suffix(".pdf"))

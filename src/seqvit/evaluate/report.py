@@ -6,6 +6,9 @@ Writes, under out_dir:
     per_time.nc       per-time mse, bias, acc (model, lead_hours, time, channel) for later reductions
     rmse_vs_lead.png  (+ .pdf) RMSE against lead, a panel per variable
     maps.png          truth / forecast / error of one test case for the first ViT model
+    rmse_vs_seqlen.csv, seqlen_change.csv, rmse_vs_seqlen.png (+ .pdf)
+                      the sequence-length experiment (seqvit.evaluate.sequence_length)
+    loss_curves.png (+ .pdf)  training and validation loss of every ViT run (when train_logs given)
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from seqvit.errors import SeqvitError
 from seqvit.evaluate import figures, metrics
 from seqvit.data.stats import load_climatology
 from seqvit.evaluate.baselines import climatology_for
+from seqvit.evaluate.sequence_length import write_sequence_length
 from seqvit.io import atomic_path
 
 METRIC_COLUMNS = ["run", "model", "variable", "lead_hours", "rmse", "acc", "bias", "mse", "rmse_mean_per_time", "n_times"]
@@ -107,8 +111,11 @@ def _pick_map_model(names) -> tuple[str, str]:
     return (vit[0], "") if vit else (names[0], " (no ViT prediction given)")
 
 
-def evaluate(cfg: dict, prediction_paths: dict, regridded_paths, clim_path, out_dir) -> pd.DataFrame:
-    """Score every prediction; write metrics.csv, rmse_table.csv, per_time.nc and the figures."""
+def evaluate(cfg: dict, prediction_paths: dict, regridded_paths, clim_path, out_dir, train_logs: dict | None = None) -> pd.DataFrame:
+    """Score every prediction; write metrics.csv, rmse_table.csv, per_time.nc and the figures.
+
+    train_logs: {label: path of a run's metrics.csv} for the loss-curve figure (None: no figure).
+    """
     if not prediction_paths:
         raise SeqvitError("evaluate: no prediction files given; list the model runs and evaluate.baselines")
     if "experiment" not in cfg:
@@ -188,9 +195,20 @@ def evaluate(cfg: dict, prediction_paths: dict, regridded_paths, clim_path, out_
 
     figures.rmse_vs_lead(table, out_dir / "rmse_vs_lead.png")
     _maps(cfg, paths, names, channels, leads, inits, per_lead, out_dir / "maps.png")
+    _, change = write_sequence_length(table, int(reference.sizes["latitude"]), int(reference.sizes["longitude"]), out_dir)
+    if train_logs is not None:
+        logs = {}
+        for label, path in train_logs.items():
+            if not Path(path).exists():
+                raise SeqvitError(f"{path}: training log of {label} not found; run the train stage first")
+            logs[label] = pd.read_csv(path)
+        figures.loss_curves(logs, out_dir / "loss_curves.png")
 
     print(f"Headline RMSE (sqrt of time-mean latitude-weighted MSE), run {cfg['experiment']}, {len(inits)} test init times:")
     print(wide.to_string(float_format=lambda x: f"{x:.3f}"))
+    if not change.empty:
+        print("Sequence length (ViT headline RMSE; change_pct = shortest -> longest sequence):")
+        print(change.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
     return table
 
 

@@ -1,4 +1,10 @@
-"""Single-process training: AdamW, warmup + cosine, latitude-weighted MSE on the tendency.
+"""Training: AdamW, warmup + cosine, latitude-weighted MSE on the tendency.
+
+One process, or several under torchrun / srun (config section `parallel`): the world of P x D
+ranks splits each sample's token sequence over P sequence-parallel ranks (parallel.sp, method
+parallel.sp_method) and the global batch over D data-parallel replicas; see
+seqvit/parallel/shard.py for how the loss and gradients are reduced. A single process runs the
+plain code path, untouched. Only rank 0 writes files.
 
 A run folder holds checkpoint.pt (everything needed to continue bit for bit: model, optimizer,
 scheduler, step, random states, metrics so far), metrics.csv (rewritten atomically at every
@@ -23,6 +29,8 @@ from seqvit.data.tokenize import token_weights
 from seqvit.errors import SeqvitError
 from seqvit.io import atomic_path
 from seqvit.model.vit import build_model
+from seqvit.parallel import groups
+from seqvit.parallel.attention import check_backend
 
 METRIC_COLUMNS = ("step", "loss", "val_loss", "lr", "samples_per_s", "elapsed_s")
 VAL_SAMPLES = 256
@@ -58,12 +66,16 @@ def _save(obj, path: Path) -> None:
 
 
 @torch.no_grad()
-def validation_loss(model, dataset: ForecastPairs, index, weights) -> float:
+def validation_loss(model, dataset: ForecastPairs, index, weights, shard=None) -> float:
+    """Mean loss over `index`; with a shard (sequence parallel) every rank scores its segment."""
     model.eval()
     total, count = 0.0, 0
     for start in range(0, len(index), VAL_BATCH):
         x, lead, y = dataset.batch(index[start : start + VAL_BATCH])
-        total += weighted_mse(model(x, lead), y - x, weights).item() * len(x)
+        if shard is None:
+            total += weighted_mse(model(x, lead), y - x, weights).item() * len(x)
+        else:
+            total += shard.sequence_mean(shard.loss(model, x, lead, y, weighted_mse).item()) * len(x)
         count += len(x)
     model.train()
     return total / count
@@ -78,6 +90,10 @@ def train(
     over several jobs); the next call resumes.
     """
     tcfg = cfg["train"]
+    pcfg = cfg.get("parallel") or {}
+    owns_process_group = not torch.distributed.is_initialized()
+    layout = groups.init_distributed(int(pcfg.get("sp", 1)))
+    main = layout.is_main
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     checkpoint_path, metrics_path, model_path = out_dir / "checkpoint.pt", out_dir / "metrics.csv", out_dir / "model.pt"
@@ -100,6 +116,8 @@ def train(
     weights = torch.from_numpy(token_weights(train_set.latitude, train_set.grid_shape, patch_size))
 
     model = build_model(cfg["model"], len(train_set.channels), patch_size, train_set.grid_shape)
+    check_backend(cfg["model"].get("attention", "sdpa"))
+    shard = _shard(cfg, layout, model, weights) if layout.distributed else None
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=float(tcfg["lr"]), weight_decay=float(tcfg.get("weight_decay", 0.0)), betas=(0.9, 0.95)
     )
@@ -134,9 +152,12 @@ def train(
         generator.set_state(state["generator"])
         np.random.set_state(state["numpy_rng"])
         random.setstate(state["python_rng"])
-        _write_metrics(metrics_path, rows)  # drop rows logged after the checkpoint by a killed run
+        if main:
+            _write_metrics(metrics_path, rows)  # drop rows logged after the checkpoint by a killed run
 
     def checkpoint():
+        if not main:
+            return
         _save(
             {
                 "model": model.state_dict(),
@@ -157,26 +178,35 @@ def train(
 
     last_step = total_steps if stop_at_step is None else min(total_steps, int(stop_at_step))
     started = time.perf_counter()
-    bar = tqdm(total=total_steps, initial=step, disable=not progress, desc=f"train p{patch_size}", unit="step")
+    bar = tqdm(
+        total=total_steps, initial=step, disable=not (progress and main), desc=f"train p{patch_size}", unit="step"
+    )
     model.train()
     while step < last_step:
         tick = time.perf_counter()
         index = torch.randint(len(train_set), (batch_size,), generator=generator)
         x, lead, y = train_set.batch(index)
-        loss = weighted_mse(model(x, lead), y - x, weights)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        if shard is None:
+            loss = weighted_mse(model(x, lead), y - x, weights)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            loss_value = loss.item()
+        else:  # every rank drew the same global batch: this replica's samples, this rank's tokens
+            loss = shard.loss(model, *shard.samples(x, lead, y), weighted_mse)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            loss_value = shard.average_gradients(model.parameters(), loss)
         optimizer.step()
         scheduler.step()
         step += 1
-        window["loss"] += loss.item()
+        window["loss"] += loss_value
         window["steps"] += 1
         window["samples"] += batch_size
         window["seconds"] += time.perf_counter() - tick
 
         is_val = step % val_every == 0 or step == total_steps
         if step % log_every == 0 or is_val:
-            val_loss = validation_loss(model, val_set, val_index, weights) if is_val else ""
+            val_loss = validation_loss(model, val_set, val_index, weights, shard) if is_val else ""
             rate = window["samples"] / max(window["seconds"], 1e-9)
             rows.append(
                 {
@@ -188,7 +218,8 @@ def train(
                     "elapsed_s": elapsed_before + (time.perf_counter() - started),
                 }
             )
-            _write_metrics(metrics_path, rows)
+            if main:
+                _write_metrics(metrics_path, rows)
             bar.set_postfix(loss=f"{rows[-1]['loss']:.4f}", samples_s=f"{rate:.0f}")
             window = {"loss": 0.0, "steps": 0, "samples": 0, "seconds": 0.0}
         if step % checkpoint_every == 0 or step == last_step:
@@ -197,7 +228,11 @@ def train(
     bar.close()
 
     if step < total_steps:
+        _finish(layout, owns_process_group)
         return None
+    if not main:
+        _finish(layout, owns_process_group)
+        return model_path
     _save(
         {
             "state_dict": model.state_dict(),
@@ -212,4 +247,36 @@ def train(
         },
         model_path,
     )
+    _finish(layout, owns_process_group)
     return model_path
+
+
+def _shard(cfg: dict, layout, model, weights):
+    """Check the parallel layout, put the sequence-parallel attention in the model, sync the weights."""
+    from seqvit.parallel.sequence import sequence_parallel_attention
+    from seqvit.parallel.shard import Shard
+
+    pcfg = cfg.get("parallel") or {}
+    method, uneven = pcfg.get("sp_method", "ulysses"), pcfg.get("uneven", "error")
+    batch_size = int(cfg["train"]["batch_size"])
+    groups.check_layout(
+        num_tokens=model.num_tokens, num_heads=int(cfg["model"]["num_heads"]), sp=layout.sp, method=method,
+        world_size=layout.world_size, batch_size=batch_size, uneven=uneven,
+    )  # fmt: skip
+    if layout.sp > 1:
+        kernel = cfg["model"].get("attention", "sdpa")
+        backend = sequence_parallel_attention(
+            method, layout.sp_group, model.num_tokens, int(cfg["model"]["num_heads"]), kernel, uneven
+        )
+        model.set_attention_backend(backend)
+    shard = Shard.of(layout, model.num_tokens, batch_size, weights)
+    shard.broadcast_parameters(model)
+    return shard
+
+
+def _finish(layout, owns_process_group: bool) -> None:
+    """Wait for rank 0's files; close the process group if train() opened it."""
+    if layout.distributed:
+        torch.distributed.barrier()
+        if owns_process_group:
+            torch.distributed.destroy_process_group()

@@ -1,0 +1,95 @@
+"""The sequence-length experiment: ViT RMSE against the number of tokens per sample.
+
+A ViT run named ``vit-p{P}`` cuts the (nlat x nlon) grid into (nlat/P) x (nlon/P) patches, so its
+sequence length (tokens per sample after variable aggregation) is (nlat/P) * (nlon/P). Every run
+is scored by the evaluate stage on the same test cases; this module only rearranges those scores.
+
+Outputs (written by :func:`write_sequence_length`):
+    rmse_vs_seqlen.csv   long: model, patch_size, seq_len, variable, lead_hours, rmse, rmse_mean_per_time
+    seqlen_change.csv    wide: one row per (variable, lead), the headline RMSE of each sequence length,
+                         and the relative change from the shortest to the longest sequence in percent
+                         (negative = the longest sequence has the lower error)
+    rmse_vs_seqlen.png (+ .pdf)
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from seqvit.errors import SeqvitError
+from seqvit.io import atomic_path
+
+_VIT = re.compile(r"^vit-p(\d+)$")
+LONG_COLUMNS = ["model", "patch_size", "seq_len", "variable", "lead_hours", "rmse", "rmse_mean_per_time"]
+
+
+def sequence_length(nlat: int, nlon: int, patch_size: int) -> int:
+    """Tokens per sample for a (nlat x nlon) grid cut into patch_size x patch_size patches."""
+    if nlat % patch_size or nlon % patch_size:
+        raise SeqvitError(f"patch size {patch_size} does not divide the {nlat} x {nlon} grid; choose a divisor")
+    return (nlat // patch_size) * (nlon // patch_size)
+
+
+def rmse_by_sequence_length(metrics_df: pd.DataFrame, nlat: int, nlon: int) -> pd.DataFrame:
+    """The ViT rows of metrics.csv with patch size and sequence length, shortest sequence first."""
+    rows = []
+    for _, row in metrics_df.iterrows():
+        match = _VIT.match(str(row["model"]))
+        if not match:
+            continue
+        p = int(match.group(1))
+        rows.append(
+            {
+                "model": row["model"],
+                "patch_size": p,
+                "seq_len": sequence_length(nlat, nlon, p),
+                "variable": row["variable"],
+                "lead_hours": int(row["lead_hours"]),
+                "rmse": float(row["rmse"]),
+                "rmse_mean_per_time": float(row["rmse_mean_per_time"]),
+            }
+        )
+    long = pd.DataFrame(rows, columns=LONG_COLUMNS)
+    return long.sort_values(["variable", "lead_hours", "seq_len"], kind="stable").reset_index(drop=True)
+
+
+def relative_change(long: pd.DataFrame) -> pd.DataFrame:
+    """Wide table: headline RMSE per sequence length and change shortest -> longest in percent.
+
+    With a single sequence length the change is NaN (nothing to compare); never extrapolated.
+    """
+    if long.empty:
+        return pd.DataFrame(columns=["variable", "lead_hours", "change_pct"])
+    lengths = sorted(long["seq_len"].unique())
+    patch_of = dict(zip(long["seq_len"], long["patch_size"]))
+    variables = list(dict.fromkeys(long["variable"]))
+    out = []
+    for variable in variables:
+        for lead in sorted(long.loc[long["variable"] == variable, "lead_hours"].unique()):
+            sel = long[(long["variable"] == variable) & (long["lead_hours"] == lead)].set_index("seq_len")["rmse"]
+            row = {"variable": variable, "lead_hours": int(lead)}
+            for n in lengths:
+                row[f"rmse_L{n}_p{patch_of[n]}"] = float(sel.get(n, np.nan))
+            shortest, longest = sel.get(lengths[0], np.nan), sel.get(lengths[-1], np.nan)
+            row["change_pct"] = 100.0 * (longest - shortest) / shortest if len(lengths) > 1 else np.nan
+            out.append(row)
+    return pd.DataFrame(out)
+
+
+def write_sequence_length(metrics_df: pd.DataFrame, nlat: int, nlon: int, out_dir) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Write rmse_vs_seqlen.csv, seqlen_change.csv and the figure (PNG + PDF) under out_dir."""
+    from seqvit.evaluate import figures
+
+    out_dir = Path(out_dir)
+    long = rmse_by_sequence_length(metrics_df, nlat, nlon)
+    wide = relative_change(long)
+    for frame, name in ((long, "rmse_vs_seqlen.csv"), (wide, "seqlen_change.csv")):
+        with atomic_path(out_dir / name) as tmp:
+            frame.to_csv(tmp, index=False, float_format="%.6g")
+    baselines = metrics_df[~metrics_df["model"].astype(str).str.match(_VIT)]
+    figures.rmse_vs_seqlen(long, wide, baselines, out_dir / "rmse_vs_seqlen.png")
+    return long, wide

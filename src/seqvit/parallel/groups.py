@@ -1,0 +1,261 @@
+"""The one module that owns process groups: sequence parallel (SP) x data parallel (DP).
+
+World = P x D ranks. Sequence-parallel groups are P contiguous ranks (so they sit inside a node
+when P divides the ranks per node): {d*P, ..., d*P + P - 1} for replica d. Data-parallel groups
+join the ranks holding the same segment: {s, s + P, s + 2P, ...} for segment s. Gradients are
+averaged over the whole world (sequence and data ranks together, LSS's "double gradient
+averaging"; it is also what Ulysses needs, see train/engine.py).
+
+A rank of sequence-parallel group d holds a contiguous segment of the token sequence
+(segment_bounds): with tokens row-major over the patch grid, a latitude stripe.
+
+Everything that can be wrong with a layout (world size, heads, sequence length, batch) is
+checked by check_layout before any step runs, with the fix in the message.
+
+Launchers: torchrun (RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT)
+and Slurm's srun (SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID, SLURM_NTASKS_PER_NODE; MASTER_ADDR
+from the environment or the first host of SLURM_JOB_NODELIST).
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+import subprocess
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from seqvit.errors import SeqvitError
+
+log = logging.getLogger(__name__)
+
+SP_METHODS = ("ulysses", "lss", "deepspeed-ulysses")
+# Methods that scatter heads across the sequence-parallel ranks: the head count must divide.
+HEAD_SCATTERING = ("ulysses", "deepspeed-ulysses")
+UNEVEN_MODES = ("error", "pad")
+DEFAULT_PORT = 29500
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where this process sits in the P x D grid of ranks, and its groups (None: one process)."""
+
+    rank: int = 0
+    world_size: int = 1
+    sp: int = 1
+    local_rank: int = 0
+    sp_group: object = None
+    dp_group: object = None
+    world_group: object = None  # gradients are averaged over it; None: the default (whole) group
+
+    @property
+    def dp(self) -> int:
+        return self.world_size // self.sp
+
+    @property
+    def sp_rank(self) -> int:
+        return self.rank % self.sp
+
+    @property
+    def dp_rank(self) -> int:
+        return self.rank // self.sp
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def sp_ranks(self) -> list[int]:
+        start = self.dp_rank * self.sp
+        return list(range(start, start + self.sp))
+
+    def dp_ranks(self) -> list[int]:
+        return list(range(self.sp_rank, self.world_size, self.sp))
+
+
+SINGLE = Layout()
+
+
+def launcher_env(environ=None) -> dict:
+    """rank, world_size, local_rank, local_world_size, master_addr, master_port from torchrun or srun.
+
+    Without a launcher: one process (world size 1).
+    """
+    env = os.environ if environ is None else environ
+    if "RANK" in env and "WORLD_SIZE" in env:  # torchrun (also a hand-set environment)
+        rank, world = int(env["RANK"]), int(env["WORLD_SIZE"])
+        local_rank = int(env.get("LOCAL_RANK", rank))
+        local_world = int(env.get("LOCAL_WORLD_SIZE", world))
+    elif "SLURM_PROCID" in env and "SLURM_NTASKS" in env:  # srun
+        rank, world = int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"])
+        local_rank = int(env.get("SLURM_LOCALID", 0))
+        per_node = env.get("SLURM_NTASKS_PER_NODE", str(world)).split("(")[0].split(",")[0]
+        local_world = int(per_node) if per_node.isdigit() else world
+    else:
+        return {"rank": 0, "world_size": 1, "local_rank": 0, "local_world_size": 1, "master_addr": None,
+                "master_port": None}  # fmt: skip
+    addr = env.get("MASTER_ADDR")
+    if addr is None and world > 1:
+        addr = _first_slurm_host(env) or "127.0.0.1"
+    port = int(env.get("MASTER_PORT", DEFAULT_PORT))
+    return {"rank": rank, "world_size": world, "local_rank": local_rank, "local_world_size": local_world,
+            "master_addr": addr, "master_port": port}  # fmt: skip
+
+
+def _first_slurm_host(env) -> str | None:
+    nodelist = env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST")
+    if not nodelist:
+        return None
+    try:
+        out = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True, check=True)
+        return out.stdout.split()[0]
+    except (OSError, subprocess.CalledProcessError, IndexError):
+        return nodelist.split(",")[0] if "[" not in nodelist else None
+
+
+def check_world(world_size: int, sp: int, local_world_size: int | None = None) -> None:
+    if sp < 1:
+        raise SeqvitError(f"config key parallel.sp: {sp} must be at least 1")
+    if world_size % sp:
+        raise SeqvitError(
+            f"config key parallel.sp: {sp} does not divide the {world_size} processes (world = sp x data-parallel "
+            f"replicas); launch a multiple of {sp} processes (torchrun --nproc-per-node {sp}) or set parallel.sp "
+            f"to a divisor of {world_size}"
+        )
+    if local_world_size and local_world_size > 1 and sp > local_world_size:
+        log.warning(
+            "parallel.sp=%d spans nodes (%d processes per node): every attention layer then exchanges "
+            "activations over the network", sp, local_world_size,
+        )  # fmt: skip
+
+
+def build_groups(sp: int, local_world_size: int | None = None) -> Layout:
+    """SP and DP groups over an initialized default process group (every rank must call this)."""
+    if not dist.is_initialized():
+        raise SeqvitError("build_groups needs torch.distributed initialized (init_distributed does it)")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    check_world(world, sp, local_world_size)
+    dp = world // sp
+    sp_group = dp_group = None
+    # new_group must be called by every rank for every group, in the same order.
+    for d in range(dp):
+        group = dist.new_group(list(range(d * sp, (d + 1) * sp)))
+        if rank // sp == d:
+            sp_group = group
+    for s in range(sp):
+        group = dist.new_group(list(range(s, world, sp)))
+        if rank % sp == s:
+            dp_group = group
+    local_rank = int(os.environ.get("LOCAL_RANK", rank))
+    return Layout(rank=rank, world_size=world, sp=sp, local_rank=local_rank, sp_group=sp_group, dp_group=dp_group)
+
+
+def default_backend() -> str:
+    return "nccl" if torch.cuda.is_available() else "gloo"  # nccl is RCCL on ROCm builds
+
+
+def init_distributed(sp: int, backend: str | None = None, timeout_s: float = 1800.0, environ=None) -> Layout:
+    """Layout of this process from the launcher's environment; initializes torch.distributed and groups.
+
+    World size 1 with sp 1 needs nothing and returns the single-process layout; sp > 1 in one
+    process is an error that names the launch command.
+    """
+    info = launcher_env(environ)
+    world = info["world_size"]
+    if world == 1:
+        if sp != 1:
+            raise SeqvitError(
+                f"config key parallel.sp: {sp} needs {sp} processes, but this is a single process; launch with "
+                f"torchrun --nproc-per-node {sp} -m seqvit.cli train ... (or srun -n {sp} seqvit train ...)"
+            )
+        return SINGLE
+    check_world(world, sp, info["local_world_size"])
+    if not dist.is_initialized():
+        os.environ.setdefault("MASTER_ADDR", info["master_addr"])
+        os.environ.setdefault("MASTER_PORT", str(info["master_port"]))
+        backend = backend or default_backend()
+        if backend == "nccl":
+            torch.cuda.set_device(info["local_rank"] % torch.cuda.device_count())
+        dist.init_process_group(
+            backend, rank=info["rank"], world_size=world, timeout=datetime.timedelta(seconds=timeout_s)
+        )
+    return build_groups(sp, info["local_world_size"])
+
+
+def shutdown(layout: Layout) -> None:
+    if layout.distributed and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def check_layout(
+    *,
+    num_tokens: int,
+    num_heads: int,
+    sp: int,
+    method: str,
+    world_size: int | None = None,
+    batch_size: int | None = None,
+    uneven: str = "error",
+) -> None:
+    """Reject an impossible combination before training, naming the config key and the fix."""
+    if method not in SP_METHODS:
+        raise SeqvitError(f"config key parallel.sp_method: {method!r} is not one of {SP_METHODS}")
+    if uneven not in UNEVEN_MODES:
+        raise SeqvitError(f"config key parallel.uneven: {uneven!r} is not one of {UNEVEN_MODES}")
+    if world_size is not None:
+        check_world(world_size, sp)
+    if sp == 1:
+        return
+    if method in HEAD_SCATTERING and num_heads % sp:
+        divisors = [p for p in range(1, num_heads + 1) if num_heads % p == 0]
+        raise SeqvitError(
+            f"config keys model.num_heads ({num_heads}) and parallel.sp ({sp}): {method} gives every rank "
+            f"num_heads / sp heads, so sp must divide the head count; use parallel.sp in {divisors}, a head count "
+            f"divisible by {sp}, or parallel.sp_method=lss (no constraint on heads)"
+        )
+    if num_tokens % sp:
+        if uneven == "error":
+            divisors = [p for p in range(2, min(num_tokens, 64) + 1) if num_tokens % p == 0]
+            raise SeqvitError(
+                f"config key parallel.sp: the sequence of {num_tokens} tokens (grid cells / patch size^2) does not "
+                f"split into {sp} equal segments; use parallel.sp in {divisors}, another patch size, or "
+                f"parallel.uneven=pad (pads the last segments and leaves the padding out of attention)"
+            )
+        length = -(-num_tokens // sp)
+        if (sp - 1) * length >= num_tokens:
+            raise SeqvitError(
+                f"config key parallel.sp: {num_tokens} tokens over {sp} ranks in segments of {length} leave the last "
+                f"rank no token; use fewer ranks (parallel.sp <= {-(-num_tokens // length)})"
+            )
+    if num_tokens < sp:
+        raise SeqvitError(f"config key parallel.sp: {sp} ranks for only {num_tokens} tokens; use fewer ranks")
+    if batch_size is not None and world_size is not None:
+        dp = world_size // sp
+        if batch_size % dp:
+            raise SeqvitError(
+                f"config key train.batch_size: {batch_size} does not split over {dp} data-parallel replicas "
+                f"({world_size} processes / parallel.sp {sp}); use a multiple of {dp}"
+            )
+
+
+def segment_length(num_tokens: int, sp: int) -> int:
+    """Tokens per rank (the padded length when sp does not divide num_tokens)."""
+    return -(-num_tokens // sp)
+
+
+def segment_bounds(num_tokens: int, sp: int, sp_rank: int) -> tuple[int, int]:
+    """[start, stop) of the tokens that sequence-parallel rank `sp_rank` holds.
+
+    Equal segments when sp divides num_tokens; otherwise segments of ceil(N / sp) with a shorter
+    last one (parallel.uneven=pad), so the padding sits at the end of the gathered sequence.
+    """
+    length = segment_length(num_tokens, sp)
+    start = min(sp_rank * length, num_tokens)
+    return start, min(start + length, num_tokens)

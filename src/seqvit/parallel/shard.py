@@ -1,0 +1,93 @@
+"""This rank's share of a training step: its samples (data parallel) and its tokens (sequence parallel).
+
+Every rank draws the same global batch (same seed, same generator), takes samples
+[dp_rank * b, (dp_rank + 1) * b) of it, b = batch / D, and tokens [start, stop) of those
+(groups.segment_bounds), and runs the whole model on that segment: only attention
+communicates. The loss of a rank is the latitude-weighted MSE of its segment with the global
+weights (tokenize.token_weights, sliced, never renormalized), scaled by stop - start over the
+mean segment length N / P (1 for equal segments), so the mean of the per-rank losses over the
+world is the loss of the whole global batch, exactly as one process computes it.
+
+Gradients: each rank's backward pass yields its share of d(sum of per-rank losses); the sum
+over all ranks is then the gradient of the sum, and dividing by the world size P x D gives the
+gradient of the global loss. So one all-reduce over the world (sequence and data ranks
+together, LSS's "double gradient averaging", which Ulysses needs just the same) averages the
+gradients, with the loss value riding along in the same buffer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from seqvit.parallel import groups
+from seqvit.parallel.comm_stats import STATS
+
+
+@dataclass
+class Shard:
+    layout: groups.Layout
+    num_tokens: int
+    batch_size: int
+    weights: torch.Tensor  # [stop - start, P*P], this segment of the global weights
+
+    def __post_init__(self):
+        self.start, self.stop = groups.segment_bounds(self.num_tokens, self.layout.sp, self.layout.sp_rank)
+        share = (self.stop - self.start) * self.layout.sp
+        # 1.0 (and no multiplication at all) when P divides N
+        self.loss_scale = None if share == self.num_tokens else share / self.num_tokens
+        self.local_batch = self.batch_size // self.layout.dp
+
+    @classmethod
+    def of(cls, layout: groups.Layout, num_tokens: int, batch_size: int, global_weights: torch.Tensor) -> "Shard":
+        start, stop = groups.segment_bounds(num_tokens, layout.sp, layout.sp_rank)
+        return cls(layout, num_tokens, batch_size, global_weights[start:stop])
+
+    def samples(self, *tensors):
+        """This replica's rows of global-batch tensors."""
+        lo = self.layout.dp_rank * self.local_batch
+        return tuple(t[lo : lo + self.local_batch] for t in tensors)
+
+    def tokens(self, *tensors):
+        """This rank's token segment of [B, C, L, P*P] tensors."""
+        return tuple(t[:, :, self.start : self.stop] for t in tensors)
+
+    def loss(self, model, x, lead, y, loss_fn):
+        """Scaled loss of this rank's segment for (already this replica's) samples x, lead, y."""
+        x, y = self.tokens(x, y)
+        loss = loss_fn(model(x, lead, token_offset=self.start), y - x, self.weights)
+        return loss if self.loss_scale is None else loss * self.loss_scale
+
+    def average_gradients(self, parameters, loss: torch.Tensor) -> float:
+        """Average gradients over the world (one all-reduce); returns the global loss."""
+        parameters = [p for p in parameters if p.requires_grad]
+        flat = torch.cat(
+            [(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in parameters]
+            + [loss.detach().reshape(1).to(parameters[0].dtype)]
+        )
+        dist.all_reduce(flat, group=self.layout.world_group)
+        STATS.add("gradients", "all_reduce", flat.numel() * flat.element_size(), self.layout.world_size, "backward")
+        flat /= self.layout.world_size
+        offset = 0
+        for p in parameters:
+            n = p.numel()
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            p.grad.copy_(flat[offset : offset + n].view_as(p))
+            offset += n
+        return float(flat[-1])
+
+    def sequence_mean(self, value: float) -> float:
+        """Mean of a per-rank (scaled) loss over this sequence-parallel group: the loss of the whole sequence."""
+        if self.layout.sp == 1:
+            return value
+        buf = torch.tensor([value], dtype=torch.float64)
+        dist.all_reduce(buf, group=self.layout.sp_group)
+        return float(buf) / self.layout.sp
+
+    def broadcast_parameters(self, module) -> None:
+        """Every rank starts from rank 0's weights (same seed gives the same; this makes sure)."""
+        for tensor in list(module.parameters()) + list(module.buffers()):
+            dist.broadcast(tensor.data, src=0)

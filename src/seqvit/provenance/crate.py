@@ -1,0 +1,525 @@
+"""The provenance bundle under <results>/provenance: a Workflow Run RO-Crate, methods.md, LaTeX tables.
+
+The crate (https://w3id.org/ro/wfrun/provenance/0.5, built with the `rocrate` library) holds:
+
+* the Snakefile as the main ComputationalWorkflow, one HowToStep and SoftwareApplication per rule;
+* one CreateAction per Snakemake job, read from Snakemake's job records (.snakemake/metadata:
+  rule, inputs, params, start and end, external job id = Slurm job id under the Slurm executor),
+  with every input and output file by sha256 and size, the host, and the job's benchmark
+  (results/benchmarks/...tsv: wall seconds, max RSS, CPU time) when it has one; a ControlAction
+  per job and an OrganizeAction for Snakemake tie them to the steps;
+* the config files and the resolved config, git commit and dirty state, package versions,
+  hardware (environment.json), the CDS requests (raw/manifest/*.json and the request plan);
+* methods.md and tables/*.tex (also part of the crate).
+
+Files outside the provenance folder are referenced by their path relative to it (../eval/...).
+No credential is ever written: nothing is read from the environment except a fixed list of
+non-secret facts, and every text written is checked against the CDS key (CDSAPI_KEY, CDSAPI_RC,
+~/.cdsapirc) and refused if it contains it.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import importlib.metadata as im
+import json
+import os
+import platform
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from seqvit.errors import SeqvitError
+from seqvit.io import atomic_path
+
+PROFILES = {
+    "process": "https://w3id.org/ro/wfrun/process/0.5",
+    "workflow": "https://w3id.org/ro/wfrun/workflow/0.5",
+    "provenance": "https://w3id.org/ro/wfrun/provenance/0.5",
+    "wroc": "https://w3id.org/workflowhub/workflow-ro-crate/1.0",
+}
+PACKAGES = ["seqvit", "snakemake", "torch", "numpy", "xarray", "pandas", "netCDF4", "zarr", "scipy", "scikit-learn",
+            "matplotlib", "cdsapi", "rocrate", "roc-validator", "deepspeed", "pyyaml"]
+ROOT = Path(__file__).resolve().parents[3]  # the repository (src/seqvit/provenance/crate.py)
+
+
+# ---------------------------------------------------------------- secrets
+
+def known_secrets() -> list[str]:
+    """The CDS key(s) this process could see, to make sure none is ever written."""
+    secrets = []
+    if os.environ.get("CDSAPI_KEY"):
+        secrets.append(os.environ["CDSAPI_KEY"].strip())
+    rc = Path(os.environ.get("CDSAPI_RC", os.path.expanduser("~/.cdsapirc")))
+    try:
+        for line in rc.read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "key" and value.strip():
+                secrets.append(value.strip())
+    except OSError:
+        pass
+    return [s for s in secrets if len(s) >= 6]
+
+
+def check_no_secret(text: str, where: str, secrets: list[str]) -> None:
+    for secret in secrets:
+        if secret in text or (len(secret) >= 16 and secret[: len(secret) // 2] in text):
+            raise SeqvitError(f"{where}: would contain the CDS key; refusing to write it (report this as a bug)")
+
+
+# ---------------------------------------------------------------- environment
+
+def sha256_path(path: Path) -> tuple[str, int]:
+    """sha256 and size of a file; of a directory, the sha256 over its files' relative paths and sha256."""
+    path = Path(path)
+    if path.is_dir():
+        digest, size = hashlib.sha256(), 0
+        for f in sorted(p for p in path.rglob("*") if p.is_file()):
+            h, n = sha256_path(f)
+            digest.update(f"{f.relative_to(path).as_posix()}\0{h}\n".encode())
+            size += n
+        return digest.hexdigest(), size
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest(), path.stat().st_size
+
+
+def git_state(repo: Path = ROOT) -> dict:
+    def git(*args):
+        return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=30)
+
+    head = git("rev-parse", "HEAD")
+    if head.returncode:
+        return {"commit": None, "dirty": None, "note": "not a git checkout"}
+    status = git("status", "--porcelain", "--untracked-files=no")
+    remote = git("config", "--get", "remote.origin.url").stdout.strip()
+    if "@" in remote and "://" in remote:  # never a token embedded in a remote URL
+        scheme, rest = remote.split("://", 1)
+        remote = f"{scheme}://{rest.split('@', 1)[1]}"
+    return {
+        "commit": head.stdout.strip(),
+        "dirty": bool(status.stdout.strip()),
+        "changed_files": [line[3:] for line in status.stdout.splitlines()],
+        "remote": remote or None,
+    }
+
+
+def package_versions() -> dict:
+    out = {}
+    for name in PACKAGES:
+        try:
+            out[name] = im.version(name)
+        except im.PackageNotFoundError:
+            continue
+    return out
+
+
+def hardware() -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem_gb = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal"):
+                mem_gb = round(int(line.split()[1]) / 2**20, 1)
+    except OSError:
+        pass
+    gpus = None
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+            gpus = f"{len(names)} x {names[0]}"
+    except Exception:
+        pass
+    return {
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "memory_gb": mem_gb,
+        "gpus": gpus,
+        "os": f"{platform.system()} {platform.release()}",
+        "machine": platform.machine(),
+        "host": socket.gethostname(),
+    }
+
+
+def environment() -> dict:
+    return {
+        "python": platform.python_version(),
+        "packages": package_versions(),
+        "hardware": hardware(),
+        "git": git_state(),
+        "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+        "recorded": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+# ---------------------------------------------------------------- Snakemake job records
+
+def _decode_key(metadata_dir: Path, path: Path) -> str:
+    parts = path.relative_to(metadata_dir).parts
+    b64 = "".join(p[1:] if p.startswith("@") else p for p in parts)
+    return base64.urlsafe_b64decode(b64.encode()).decode()
+
+
+def snakemake_jobs(snakemake_dir: Path, results_root: Path, workdir: Path | None = None) -> list[dict]:
+    """One dict per job that produced files under results_root and whose outputs still exist.
+
+    Snakemake keeps one record per output file; the outputs of one job share rule, job hash and
+    end time (their start times differ by microseconds; the earliest is the job's). Sorted by start.
+    """
+    workdir = Path(workdir or Path.cwd()).resolve()
+    metadata_dir = Path(snakemake_dir) / "metadata"
+    if not metadata_dir.is_dir():
+        raise SeqvitError(
+            f"{metadata_dir}: no Snakemake job records; run the workflow with Snakemake first "
+            "(or pass --snakemake-dir, the .snakemake folder of the working directory it ran in)"
+        )
+    root = (workdir / results_root).resolve()
+    jobs: dict = {}
+    for record_path in sorted(p for p in metadata_dir.rglob("*") if p.is_file()):
+        try:
+            output = _decode_key(metadata_dir, record_path)
+            record = json.loads(record_path.read_text())
+        except (ValueError, UnicodeDecodeError):
+            continue
+        out_abs = (workdir / output).resolve()
+        if record.get("incomplete") or not out_abs.exists() or root not in out_abs.parents:
+            continue
+        # Snakemake stamps each output's start a few microseconds apart; the end time is the job's.
+        key = (record.get("rule"), record.get("job_hash"), record.get("endtime"))
+        job = jobs.setdefault(key, {**record, "output": []})
+        job["output"].append(output)
+        if record.get("starttime") and (not job.get("starttime") or record["starttime"] < job["starttime"]):
+            job["starttime"] = record["starttime"]
+    return sorted(jobs.values(), key=lambda j: (j.get("starttime") or 0, j.get("rule") or ""))
+
+
+def benchmark_for(job: dict, workdir: Path) -> dict | None:
+    """The job's benchmark row (the workflow writes logs/X.log beside benchmarks/X.tsv)."""
+    import pandas as pd
+
+    for log in job.get("log") or []:
+        if "/logs/" not in log and not log.startswith("logs/"):
+            continue
+        bench = Path(workdir) / (log.replace("/logs/", "/benchmarks/", 1) if "/logs/" in log else "benchmarks/" + log[5:])
+        bench = bench.with_suffix(".tsv")
+        if bench.exists():
+            row = pd.read_csv(bench, sep="\t").iloc[-1].to_dict()
+            return {k: (None if pd.isna(v) else v) for k, v in row.items() if k in ("s", "max_rss", "max_vms", "cpu_time", "mean_load")}
+    return None
+
+
+def _iso(ts) -> str | None:
+    return dt.datetime.fromtimestamp(ts, dt.timezone.utc).isoformat(timespec="seconds") if ts else None
+
+
+# ---------------------------------------------------------------- the crate
+
+def build_provenance(cfg: dict, layout, config_paths: list[Path], snakemake_dir: Path, validate: bool = True,
+                     workdir: Path | None = None) -> Path:
+    """Write <results>/provenance/{ro-crate-metadata.json, methods.md, tables/*.tex, ...}; return the folder."""
+    from seqvit.provenance import methods, tables
+
+    workdir = Path(workdir or Path.cwd()).resolve()
+    secrets = known_secrets()
+    out = Path(layout.root) / "provenance"
+    env = environment()
+    jobs = snakemake_jobs(snakemake_dir, layout.root, workdir)
+
+    # Build in a temporary folder, rename into place at the end: complete or absent.
+    with atomic_path(out) as tmp:
+        tmp.mkdir()
+        (tmp / "tables").mkdir()
+        written_tables = tables.write_tables(
+            layout.eval_dir, tmp / "tables", cfg["splits"]["test"], n_times=_n_times(layout.eval_dir)
+        )
+        methods_md = methods.methods_text(cfg, env, layout.eval_dir, n_jobs=len(jobs))
+        check_no_secret(methods_md, "methods.md", secrets)
+        (tmp / "methods.md").write_text(methods_md)
+        env_text = json.dumps(env, indent=2, default=str)
+        check_no_secret(env_text, "environment.json", secrets)
+        (tmp / "environment.json").write_text(env_text)
+        resolved = yaml.safe_dump(cfg, sort_keys=False)
+        check_no_secret(resolved, "config.resolved.yaml", secrets)
+        (tmp / "config.resolved.yaml").write_text(resolved)
+        requests = _cds_requests(cfg, layout)
+        req_text = json.dumps(requests, indent=2, default=str)
+        check_no_secret(req_text, "cds_requests.json", secrets)
+        (tmp / "cds_requests.json").write_text(req_text)
+
+        crate = _crate(cfg, layout, config_paths, jobs, env, written_tables, tmp, workdir)
+        crate.metadata.write(tmp)  # the files listed above are already in place; only the metadata is written
+        text = (tmp / "ro-crate-metadata.json").read_text()
+        check_no_secret(text, "ro-crate-metadata.json", secrets)
+        for path in tmp.rglob("*"):
+            if path.is_file():
+                check_no_secret(path.read_text(errors="replace"), str(path.relative_to(tmp)), secrets)
+        if validate:
+            report = validate_crate(tmp)
+            (tmp / "validation.txt").write_text(report["text"])
+            if report["ok"] is False:
+                raise SeqvitError(f"{out}: the RO-Crate validator found errors:\n{report['text'][-3000:]}")
+    return out
+
+
+def _n_times(eval_dir: Path):
+    import pandas as pd
+
+    path = Path(eval_dir) / "metrics.csv"
+    return int(pd.read_csv(path)["n_times"].max()) if path.exists() else None
+
+
+def _cds_requests(cfg: dict, layout) -> dict:
+    """The requests sent (manifests written by the download stage) or planned, with no credential."""
+    kind = layout.source_kind()
+    out = {"source": kind, "dataset_requests": [], "manifests": []}
+    if kind == "synthetic":
+        out["note"] = "embedded synthetic source: nothing was requested from the CDS"
+        return out
+    try:
+        out["dataset_requests"] = [r.to_json() for r in layout.raw_requests().values()]
+    except Exception as exc:  # the plan is informational; the manifests are the record
+        out["plan_error"] = str(exc)
+    manifest_dir = layout.raw_dir / "manifest"
+    for path in sorted(manifest_dir.rglob("*.json")) if manifest_dir.is_dir() else []:
+        try:
+            out["manifests"].append({"path": str(path.relative_to(layout.root)), **json.loads(path.read_text())})
+        except ValueError:
+            continue
+    return out
+
+
+def _rel(path: Path, base: Path) -> str:
+    return Path(os.path.relpath(Path(path).resolve(), base.resolve())).as_posix()
+
+
+def _crate(cfg, layout, config_paths, jobs, env, written_tables, crate_dir: Path, workdir: Path):
+    from rocrate.model.contextentity import ContextEntity
+    from rocrate.model.softwareapplication import SoftwareApplication
+    from rocrate.rocrate import ROCrate
+
+    final_dir = (workdir / layout.root / "provenance").resolve()
+    crate = ROCrate(version="1.1")  # the Workflow Run Crate profiles 0.5 are defined over RO-Crate 1.1
+    root = crate.root_dataset
+    root["name"] = f"seqvit workflow run: {cfg.get('experiment', 'experiment')}"
+    root["description"] = (
+        "Workflow Run RO-Crate of a seqvit run (sequence-length scaling of a ViT on ERA5-like data, after "
+        "Tsaris et al., arXiv:2405.15780): one action per Snakemake job with checksummed inputs and outputs."
+    )
+    root["datePublished"] = env["recorded"]
+    root["license"] = "https://spdx.org/licenses/MIT"
+    for key in ("process", "workflow", "provenance", "wroc"):
+        profile = crate.add(ContextEntity(crate, PROFILES[key], properties={
+            "@type": "CreativeWork", "name": f"{key} profile", "version": PROFILES[key].rsplit("/", 1)[-1]}))
+        root.append_to("conformsTo", profile)
+
+    files: dict[str, object] = {}
+
+    def file_entity(path_str: str, kind: str = "File"):
+        """A File/Dataset entity for a workflow file, by its path relative to the crate folder."""
+        abs_path = (workdir / path_str).resolve()
+        rel = _rel(abs_path, final_dir)
+        if rel in files:
+            return files[rel]
+        props = {"name": path_str}
+        if abs_path.exists():
+            digest, size = sha256_path(abs_path)
+            props.update(sha256=digest, contentSize=str(size))
+            props["dateModified"] = _iso(abs_path.stat().st_mtime)
+            if abs_path.is_dir():
+                props["description"] = "folder; sha256 over its files' relative paths and sha256 (seqvit.provenance.crate.sha256_path)"
+        entity = (crate.add_dataset if abs_path.is_dir() else crate.add_file)(
+            dest_path=rel + ("/" if abs_path.is_dir() else ""), properties=props)
+        files[rel] = entity
+        return entity
+
+    # the workflow definition, copied into the crate (workflow/): Snakefile, rules, schema, captions
+    snakefile = ROOT / "Snakefile"
+    wf_files = [snakefile] + sorted((ROOT / "workflow").rglob("*.smk")) + sorted((ROOT / "workflow").rglob("*.yaml")) \
+        + sorted((ROOT / "workflow").rglob("*.rst"))
+    for src in wf_files:
+        dest = crate_dir / "workflow" / src.relative_to(ROOT if src == snakefile else ROOT / "workflow")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, dest)
+    wf = crate.add_workflow(dest_path="workflow/Snakefile", main=True, lang="snakemake",
+                            lang_version=env["packages"].get("snakemake"),
+                            properties={"name": "seqvit Snakefile", "sha256": sha256_path(snakefile)[0],
+                                        "@type": ["File", "SoftwareSourceCode", "ComputationalWorkflow", "HowTo"]})
+    for src in wf_files[1:]:
+        rel = src.relative_to(ROOT / "workflow").as_posix()
+        # Included by the Snakefile; the workflow's hasPart lists only the tools its actions ran (the rules).
+        crate.add_file(dest_path=f"workflow/{rel}", properties={"name": rel, "sha256": sha256_path(src)[0]})
+    engine = crate.add(SoftwareApplication(crate, "https://snakemake.github.io", properties={
+        "name": "Snakemake", "version": env["packages"].get("snakemake", "")}))
+    for name, version in env["packages"].items():
+        app = crate.add(ContextEntity(crate, f"#software-{name}", properties={
+            "@type": "SoftwareApplication", "name": name, "version": version}))
+        wf.append_to("softwareRequirements", app)
+
+    steps, tools = {}, {}
+    for position, rule in enumerate(dict.fromkeys(j.get("rule") or "unknown" for j in jobs)):
+        tool = crate.add(ContextEntity(crate, f"#rule-{rule}", properties={
+            "@type": "SoftwareApplication", "name": f"rule {rule}",
+            "description": f"Snakemake rule {rule} (calls `seqvit`)"}))
+        step = crate.add(ContextEntity(crate, f"#step-{rule}", properties={
+            "@type": "HowToStep", "name": rule, "position": str(position), "workExample": {"@id": tool.id}}))
+        wf.append_to("step", step)
+        wf.append_to("hasPart", tool)
+        steps[rule], tools[rule] = step, tool
+
+    # config and the bundle's own files
+    configs = []
+    for path in config_paths:
+        entity = crate.add_file(dest_path=_rel(path, final_dir), properties={
+            "name": f"config {Path(path).name}", "encodingFormat": "application/yaml",
+            **(dict(zip(("sha256", "contentSize"), map(str, sha256_path(path)))) if Path(path).exists() else {})})
+        configs.append(entity)
+    own = {}
+    for name, desc, fmt in [
+        ("config.resolved.yaml", "the configuration as the run used it (all files and overrides merged)", "application/yaml"),
+        ("environment.json", "Python and package versions, hardware, git commit and dirty state", "application/json"),
+        ("cds_requests.json", "the CDS requests (download manifests with request ids and sha256), or a note that none was sent", "application/json"),
+        ("methods.md", "editable methods paragraph with citations", "text/markdown"),
+    ]:
+        own[name] = crate.add_file(dest_path=name, properties={
+            "name": name, "description": desc, "encodingFormat": fmt, "sha256": sha256_path(crate_dir / name)[0]})
+    for path in written_tables:
+        crate.add_file(dest_path=f"tables/{path.name}", properties={
+            "name": path.name, "description": "LaTeX booktabs table of the results", "encodingFormat": "application/x-tex",
+            "sha256": sha256_path(path)[0]})
+
+    # one CreateAction (+ ControlAction) per job
+    host = env["hardware"]["host"]
+    actions, controls, all_outputs = [], [], []
+    for i, job in enumerate(jobs, start=1):
+        rule = job.get("rule") or "unknown"
+        inputs = [file_entity(p) for p in job.get("input") or []]
+        outputs = [file_entity(p) for p in job["output"]]
+        all_outputs.extend(outputs)
+        params = []
+        for k, value in enumerate(job.get("params") or []):
+            params.append(crate.add(ContextEntity(crate, f"#job-{i}-param-{k}", properties={
+                "@type": "PropertyValue", "name": f"{rule} param {k}",
+                "value": value if isinstance(value, str) else json.dumps(value, sort_keys=True)})))
+        slurm = job.get("external_jobid")
+        bench = benchmark_for(job, workdir)
+        extra = {
+            "host": host if not slurm else f"a Slurm node (job {slurm}; see sacct)",
+            "slurm_job_id": slurm,
+            "job_hash": job.get("job_hash"),
+            "conda_env": job.get("conda_env"),
+            "software_stack_hash": job.get("software_stack_hash"),
+        }
+        if bench:
+            extra.update({f"benchmark_{k}": v for k, v in bench.items()})
+        for k, v in extra.items():
+            if v is None:
+                continue
+            params.append(crate.add(ContextEntity(crate, f"#job-{i}-{k}", properties={
+                "@type": "PropertyValue", "name": k, "value": str(v)})))
+        props = {
+            "name": f"{rule} job {i}: {', '.join(Path(o).name for o in job['output'][:3])}{' ...' if len(job['output']) > 3 else ''}",
+            "startTime": _iso(job.get("starttime")),
+            "endTime": _iso(job.get("endtime")),
+            "actionStatus": "http://schema.org/CompletedActionStatus",
+        }
+        if job.get("shellcmd"):
+            props["description"] = job["shellcmd"]
+        action = crate.add_action(tools[rule], identifier=f"#job-{i}", object=inputs + params[: len(job.get("params") or [])],
+                                  result=outputs, properties={k: v for k, v in props.items() if v})
+        extra_props = params[len(job.get("params") or []):]
+        if extra_props:
+            action["additionalProperty"] = extra_props
+        actions.append(action)
+        controls.append(crate.add(ContextEntity(crate, f"#control-{i}", properties={
+            "@type": "ControlAction", "name": f"orchestrate {rule} job {i}",
+            "instrument": {"@id": steps[rule].id}, "object": {"@id": action.id}})))
+
+    starts = [j["starttime"] for j in jobs if j.get("starttime")]
+    ends = [j["endtime"] for j in jobs if j.get("endtime")]
+    hw = env["hardware"]
+    hw_props = [crate.add(ContextEntity(crate, f"#hardware-{k}", properties={"@type": "PropertyValue", "name": k, "value": str(v)}))
+                for k, v in hw.items() if v is not None]
+    git = env["git"]
+    git_props = [crate.add(ContextEntity(crate, f"#git-{k}", properties={"@type": "PropertyValue", "name": f"git {k}", "value": str(v)}))
+                 for k, v in (("commit", git.get("commit")), ("dirty", git.get("dirty")), ("remote", git.get("remote"))) if v is not None]
+    run = crate.add_action(wf, identifier="#run", object=configs + [own["config.resolved.yaml"]],
+                           result=_final_outputs(files, final_dir, layout, workdir),
+                           properties={"name": f"seqvit run of {cfg.get('experiment', '')} ({len(jobs)} jobs)",
+                                       "startTime": _iso(min(starts)) if starts else env["recorded"],
+                                       "endTime": _iso(max(ends)) if ends else env["recorded"]})
+    run["additionalProperty"] = hw_props + git_props
+    run["description"] = f"hardware: {hw['cpu']} x{hw['cpu_count']}, {hw.get('memory_gb')} GB, GPUs: {hw.get('gpus') or 'none'}; git {git.get('commit')} dirty={git.get('dirty')}"
+    crate.add(ContextEntity(crate, "#organize", properties={
+        "@type": "OrganizeAction", "name": "Snakemake run", "instrument": {"@id": engine.id},
+        "object": [{"@id": c.id} for c in controls], "result": {"@id": run.id},
+        "startTime": run.get("startTime"), "endTime": run.get("endTime")}))
+    root["mentions"] = [{"@id": run.id}]
+    return crate
+
+
+def _final_outputs(files: dict, final_dir: Path, layout, workdir: Path) -> list:
+    """The run's headline results: everything under eval/ that a job produced."""
+    eval_rel = _rel((workdir / layout.eval_dir).resolve(), final_dir)
+    return [entity for rel, entity in files.items() if rel.startswith(eval_rel + "/")]
+
+
+# ---------------------------------------------------------------- validation
+
+def validate_crate(crate_dir: Path, profile: str = "provenance-run-crate") -> dict:
+    """Run the RO-Crate validator (roc-validator) where installed; ok None when it is not or cannot run.
+
+    The validator resolves the JSON-LD context over the network; to work offline (compute nodes,
+    CI) it is given the metadata with the RO-Crate context inlined from the copy the `rocrate`
+    library ships, which is the context the crate names.
+    """
+    try:
+        from rocrate_validator import services
+        from rocrate_validator.models import Severity, ValidationSettings
+    except ImportError:
+        return {"ok": None, "text": "roc-validator is not installed (pip install roc-validator); crate not validated\n"}
+    import rocrate
+
+    meta = json.loads((Path(crate_dir) / "ro-crate-metadata.json").read_text())
+    context_file = Path(rocrate.__file__).parent / "data" / "ro-crate.jsonld"
+    shipped = json.loads(context_file.read_text())
+    inlined = ""
+    if str(meta.get("@context", "")).startswith("https://w3id.org/ro/crate/1.") and "@context" in shipped:
+        # The 1.3 context defines the terms of 1.1 with the same IRIs except the Bioschemas ones,
+        # which 1.1 writes without /terms/ (https://bioschemas.org/ComputationalWorkflow).
+        context = {
+            term: (iri.replace("https://bioschemas.org/terms/", "https://bioschemas.org/", 1) if isinstance(iri, str) else iri)
+            for term, iri in shipped["@context"].items()
+        }
+        if meta["@context"] == "https://w3id.org/ro/crate/1.3/context":
+            context = shipped["@context"]
+        meta["@context"] = context
+        inlined = (f", context inlined (offline) from {shipped.get('@id')} as shipped by rocrate {im.version('rocrate')}"
+                   f"{'' if context is shipped['@context'] else ', Bioschemas terms with their RO-Crate 1.1 IRIs'}")
+    try:
+        settings = ValidationSettings(rocrate_uri=str(Path(crate_dir).resolve()), profile_identifier=profile,
+                                      requirement_severity=Severity.REQUIRED, metadata_dict=meta, metadata_only=True)
+        result = services.validate(settings)
+    except Exception as exc:  # the validator itself failed (offline profile fetch, ...): say so, do not hide it
+        return {"ok": None, "text": f"roc-validator could not run: {type(exc).__name__}: {exc}\n"}
+    issues = list(result.get_issues())
+    lines = [f"roc-validator {im.version('roc-validator')}, profile {profile}, severity REQUIRED{inlined}: "
+             f"{'valid' if result.passed() else 'INVALID'}"]
+    lines += [f"- {getattr(i, 'severity', '')} {getattr(i, 'message', i)}" for i in issues]
+    return {"ok": bool(result.passed()), "text": "\n".join(lines) + "\n"}

@@ -1,0 +1,106 @@
+"""Process-group layout, checks before training, config keys and attention backends (no processes)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from seqvit.config import load_config
+from seqvit.errors import SeqvitError
+from seqvit.parallel import groups
+from seqvit.parallel.attention import attention, check_backend, flash_available, resolve_backend
+from seqvit.parallel.comm_stats import expected, sent_bytes
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_world_is_sp_contiguous_ranks_times_replicas():
+    layout = groups.Layout(rank=5, world_size=8, sp=4)
+    assert (layout.dp, layout.sp_rank, layout.dp_rank) == (2, 1, 1)
+    assert layout.sp_ranks() == [4, 5, 6, 7]  # contiguous: inside a node
+    assert layout.dp_ranks() == [1, 5]  # same segment in each replica
+    assert groups.SINGLE.world_size == 1 and not groups.SINGLE.distributed
+
+
+def test_launcher_environments():
+    torchrun = {"RANK": "3", "WORLD_SIZE": "8", "LOCAL_RANK": "3", "LOCAL_WORLD_SIZE": "4", "MASTER_ADDR": "n1",
+                "MASTER_PORT": "1234"}  # fmt: skip
+    assert groups.launcher_env(torchrun) == {"rank": 3, "world_size": 8, "local_rank": 3, "local_world_size": 4,
+                                             "master_addr": "n1", "master_port": 1234}  # fmt: skip
+    srun = {"SLURM_PROCID": "9", "SLURM_NTASKS": "16", "SLURM_LOCALID": "1", "SLURM_NTASKS_PER_NODE": "8(x2)",
+            "MASTER_ADDR": "frontier0001"}  # fmt: skip
+    info = groups.launcher_env(srun)
+    assert (info["rank"], info["world_size"], info["local_rank"], info["local_world_size"]) == (9, 16, 1, 8)
+    assert info["master_addr"] == "frontier0001" and info["master_port"] == groups.DEFAULT_PORT
+    assert groups.launcher_env({})["world_size"] == 1
+
+
+def test_single_process_needs_nothing_and_sp_needs_a_launcher():
+    assert groups.init_distributed(1, environ={}) is groups.SINGLE
+    with pytest.raises(SeqvitError, match=r"needs 4 processes.*torchrun --nproc-per-node 4"):
+        groups.init_distributed(4, environ={})
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"num_tokens": 128, "num_heads": 6, "sp": 4, "method": "ulysses"}, r"sp must divide the head count.*\[1, 2, 3, 6\].*lss"),
+        ({"num_tokens": 128, "num_heads": 6, "sp": 4, "method": "deepspeed-ulysses"}, "sp must divide the head count"),
+        ({"num_tokens": 130, "num_heads": 4, "sp": 4, "method": "lss"}, r"130 tokens .* 4 equal segments.*\[2, 5, 10, 13.*uneven=pad"),
+        ({"num_tokens": 9, "num_heads": 4, "sp": 4, "method": "lss", "uneven": "pad"}, "leave the last rank no token"),
+        ({"num_tokens": 128, "num_heads": 4, "sp": 4, "method": "lss", "world_size": 6}, r"does not divide the 6 processes"),
+        ({"num_tokens": 128, "num_heads": 4, "sp": 2, "method": "lss", "world_size": 8, "batch_size": 6}, r"train.batch_size: 6 does not split over 4"),
+        ({"num_tokens": 128, "num_heads": 4, "sp": 2, "method": "ring"}, "parallel.sp_method"),
+    ],
+)  # fmt: skip
+def test_invalid_layouts_are_rejected_with_the_fix(kwargs, message):
+    with pytest.raises(SeqvitError, match=message):
+        groups.check_layout(**kwargs)
+
+
+def test_valid_layouts_pass():
+    groups.check_layout(num_tokens=128, num_heads=6, sp=4, method="lss")  # LSS: any head count
+    groups.check_layout(num_tokens=128, num_heads=8, sp=4, method="ulysses", world_size=8, batch_size=4)
+    groups.check_layout(num_tokens=130, num_heads=4, sp=4, method="ulysses", uneven="pad")
+
+
+def test_segments_tile_the_sequence():
+    assert [groups.segment_bounds(128, 4, r) for r in range(4)] == [(0, 32), (32, 64), (64, 96), (96, 128)]
+    assert [groups.segment_bounds(15, 4, r) for r in range(4)] == [(0, 4), (4, 8), (8, 12), (12, 15)]
+
+
+def test_communication_formulas():
+    assert sent_bytes("all_to_all_single", 400, 4) == 300
+    assert sent_bytes("all_gather", 100, 4) == 300
+    assert sent_bytes("reduce_scatter", 400, 4) == 300
+    # 32K tokens, hidden 1024, P = 8, bf16: Ulysses sends 4 N h / P x (P-1)/P, LSS 2 N h (P-1)/P per rank
+    n, h, p = 32768, 1024, 8
+    assert expected("ulysses", 1, n, h, p, 2)["forward"] == (2, 4 * n * h * 2 // p * (p - 1) // p)
+    assert expected("deepspeed-ulysses", 1, n, h, p, 2)["forward"] == (4, 4 * n * h * 2 // p * (p - 1) // p)
+    assert expected("lss", 1, n, h, p, 2)["backward"] == (1, 2 * n * h * 2 * (p - 1) // p)
+
+
+def test_parallel_keys_in_config_and_on_the_command_line():
+    cfg = load_config(
+        ROOT / "config" / "config.yaml", ["parallel.sp=2", "parallel.sp_method=lss", "model.attention=auto"]
+    )
+    assert cfg["parallel"] == {"sp": 2, "sp_method": "lss"} and cfg["model"]["attention"] == "auto"
+    with pytest.raises(SeqvitError, match="parallel.sp_method"):
+        load_config(ROOT / "config" / "config.yaml", ["parallel.sp_method=ring"])
+    with pytest.raises(SeqvitError, match="parallel.sp"):
+        load_config(ROOT / "config" / "config.yaml", ["parallel.sp=0"])
+
+
+def test_attention_backend_selection():
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 33, 4, 8) for _ in range(3))
+    assert resolve_backend("auto", q) == "sdpa"  # CPU fp32: flash cannot run
+    torch.testing.assert_close(attention(q, k, v, "auto"), attention(q, k, v, "math"), atol=1e-5, rtol=1e-5)
+    check_backend("sdpa")
+    if not flash_available():
+        with pytest.raises(SeqvitError, match=r"flash needs flash-attn.*CUDA or ROCm"):
+            check_backend("flash")
+    with pytest.raises(SeqvitError, match="unknown attention backend"):
+        check_backend("flash9")
