@@ -1,6 +1,6 @@
 """Sequence-parallel attention: time, memory and FLOP/s of our Ulysses, DeepSpeed's and LSS.
 
-    .venv/bin/python benchmarks/attention_parallel.py                 # everything (CPU: ~15 min on 2 cores)
+    .venv/bin/python benchmarks/attention_parallel.py                 # everything (CPU: ~8 min on 2 idle cores)
     .venv/bin/python benchmarks/attention_parallel.py --quick         # seconds: a smoke run of every section
     .venv/bin/python benchmarks/attention_parallel.py --sections time --sizes 4096,8192 --ps 1,2
 

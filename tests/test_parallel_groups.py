@@ -34,6 +34,7 @@ def test_launcher_environments():
     info = groups.launcher_env(srun)
     assert (info["rank"], info["world_size"], info["local_rank"], info["local_world_size"]) == (9, 16, 1, 8)
     assert info["master_addr"] == "frontier0001" and info["master_port"] == groups.DEFAULT_PORT
+    assert groups.launcher_env({**srun, "SLURM_JOB_ID": "123457"})["master_port"] == 20000 + 123457 % 40000
     assert groups.launcher_env({})["world_size"] == 1
 
 

@@ -14,7 +14,8 @@ checked by check_layout before any step runs, with the fix in the message.
 
 Launchers: torchrun (RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT)
 and Slurm's srun (SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID, SLURM_NTASKS_PER_NODE; MASTER_ADDR
-from the environment or the first host of SLURM_JOB_NODELIST).
+from the environment or the first host of SLURM_JOB_NODELIST; MASTER_PORT from the environment
+or 20000 + SLURM_JOB_ID mod 40000, so that jobs sharing a node do not collide).
 """
 
 from __future__ import annotations
@@ -103,7 +104,12 @@ def launcher_env(environ=None) -> dict:
     addr = env.get("MASTER_ADDR")
     if addr is None and world > 1:
         addr = _first_slurm_host(env) or "127.0.0.1"
-    port = int(env.get("MASTER_PORT", DEFAULT_PORT))
+    if "MASTER_PORT" in env:
+        port = int(env["MASTER_PORT"])
+    elif "SLURM_JOB_ID" in env:  # jobs sharing a node (a sweep on a small cluster) must not share a port
+        port = 20000 + int(env["SLURM_JOB_ID"]) % 40000
+    else:
+        port = DEFAULT_PORT
     return {"rank": rank, "world_size": world, "local_rank": local_rank, "local_world_size": local_world,
             "master_addr": addr, "master_port": port}  # fmt: skip
 

@@ -92,7 +92,8 @@ def train(
     tcfg = cfg["train"]
     pcfg = cfg.get("parallel") or {}
     owns_process_group = not torch.distributed.is_initialized()
-    layout = groups.init_distributed(int(pcfg.get("sp", 1)))
+    # the engine keeps model and batches on the CPU, so its collectives go over gloo (a GPU engine passes nccl)
+    layout = groups.init_distributed(int(pcfg.get("sp", 1)), backend="gloo")
     main = layout.is_main
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
