@@ -21,7 +21,7 @@ rule tokenize:
     params:
         config=config_args("data"),
         channels=config["data"],
-        code=source_hash("data/tokenize", "data/fields"),
+        code=source_hash("data/tokenize", "data/fields", "data/stats"),
     message:
         "Cutting normalized fields into {wildcards.p} x {wildcards.p} patch tokens"
     shell:

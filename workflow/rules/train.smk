@@ -63,7 +63,7 @@ rule predict:
         config=config_args("evaluate", "splits"),
         evaluate=config["evaluate"],
         splits=config["splits"],
-        code=source_hash("model", "train/predict", "parallel"),
+        code=source_hash("model", "train/predict", "parallel", "data/stats"),
     message:
         "Forecasting the test years with the ViT (p={wildcards.p})"
     shell:

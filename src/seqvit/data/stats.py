@@ -312,6 +312,19 @@ def load_stats(path) -> tuple[np.ndarray, np.ndarray, list[str]]:
         )
 
 
+def channel_stats(path, channels) -> tuple[np.ndarray, np.ndarray]:
+    """Training-years mean and std of `channels`, float64 arrays in that order."""
+    mean, std, stat_channels = load_stats(path)
+    missing = [c for c in channels if c not in stat_channels]
+    if missing:
+        raise SeqvitError(f"{path}: no statistics for channels {missing}; rerun `seqvit stats` with the current config")
+    order = [stat_channels.index(c) for c in channels]
+    mean, std = mean[order].astype(np.float64), std[order].astype(np.float64)
+    if np.any(~np.isfinite(std)) or np.any(std <= 0):
+        raise SeqvitError(f"{path}: std must be positive and finite for every channel (got {dict(zip(channels, std))})")
+    return mean, std
+
+
 def load_climatology(path) -> xr.DataArray:
     """climatology(channel, dayofyear, hour, latitude, longitude), loaded into memory."""
     path = Path(path)

@@ -15,6 +15,7 @@ import xarray as xr
 
 from seqvit.data import fields
 from seqvit.data.grids import latitude_weights
+from seqvit.data.stats import channel_stats
 from seqvit.errors import SeqvitError
 from seqvit.io import atomic_path
 
@@ -77,27 +78,13 @@ def token_weights(lat, grid_shape, patch_size: int) -> np.ndarray:
     return np.ascontiguousarray(patchify(weights, patch_size)).astype(np.float32)
 
 
-def load_stats(stats_path, channels) -> tuple[np.ndarray, np.ndarray]:
-    """(mean, std) float64 arrays in the order of `channels` from stats.nc (contract format 4)."""
-    with xr.open_dataset(stats_path) as stats:
-        stats = stats.load()
-    missing = [c for c in channels if c not in list(stats["channel"].values)]
-    if missing:
-        raise SeqvitError(f"{stats_path}: no statistics for channels {missing}; rerun `seqvit stats`")
-    mean = stats["mean"].sel(channel=list(channels)).values.astype(np.float64)
-    std = stats["std"].sel(channel=list(channels)).values.astype(np.float64)
-    if not np.all(std > 0):
-        raise SeqvitError(f"{stats_path}: std must be positive for every channel, got {std.tolist()}")
-    return mean, std
-
-
 def tokenize(cfg: dict, regridded_paths, stats_path, patch_size: int, out_zarr) -> None:
     """Regridded netCDF files -> normalized tokens zarr store (contract format 5)."""
     channels = fields.channel_names(cfg)
     data = fields.open_channels(regridded_paths, channels)
     grid_shape = (data.sizes["latitude"], data.sizes["longitude"])
     check_patch_size(grid_shape, patch_size)
-    mean, std = load_stats(stats_path, channels)
+    mean, std = channel_stats(stats_path, channels)
 
     values = data.values  # float32 (time, channel, lat, lon)
     values -= mean.astype(np.float32)[None, :, None, None]

@@ -24,7 +24,7 @@ import xarray as xr
 
 from seqvit.data.fields import channel_names, init_times, open_channels, split_times
 from seqvit.data.grids import latitude_weights
-from seqvit.data.stats import climatology_at, load_climatology, load_stats
+from seqvit.data.stats import channel_stats, climatology_at, load_climatology
 from seqvit.errors import SeqvitError
 from seqvit.io import atomic_path
 
@@ -85,19 +85,6 @@ def climatology_for(clim: xr.DataArray, channels, times, source="climatology") -
         raise SeqvitError(f"{source}: channels {missing} missing; rerun `seqvit stats` with the current config")
     out = climatology_at(clim.sel(channel=list(channels)), pd.DatetimeIndex(times).values)
     return out.transpose("time", "channel", "latitude", "longitude").astype(np.float32)
-
-
-def load_mean_std(stats_path, channels) -> tuple[np.ndarray, np.ndarray]:
-    """Training-years mean and std of `channels` (float64 arrays in that order) from stats/stats.nc."""
-    mean, std, stat_channels = load_stats(stats_path)
-    missing = [c for c in channels if c not in stat_channels]
-    if missing:
-        raise SeqvitError(f"{stats_path}: no statistics for channels {missing}; rerun `seqvit stats` with the current config")
-    order = [stat_channels.index(c) for c in channels]
-    mean, std = mean[order], std[order]
-    if np.any(~np.isfinite(std)) or np.any(std <= 0):
-        raise SeqvitError(f"{stats_path}: std must be positive and finite for every channel (got {dict(zip(channels, std))})")
-    return mean, std
 
 
 # ---------------------------------------------------------------------------------------------
@@ -313,7 +300,7 @@ def run_baseline(cfg: dict, name: str, regridded_paths, stats_path, clim_path, o
     elif name == "climatology":
         forecast = climatology_forecast(clim_path, variables, inits, leads)
     else:
-        mean, std = load_mean_std(stats_path, channels)
+        mean, std = channel_stats(stats_path, channels)
         forecast = linear_forecast(fields, cfg, mean, std, variables, inits, leads)
         attrs["linear_choices"] = forecast.attrs.pop("linear_choices")
         attrs["linear_formulation"] = (

@@ -9,7 +9,8 @@ import torch
 import xarray as xr
 
 from seqvit.data.loader import ForecastPairs
-from seqvit.data.tokenize import load_stats, unpatchify
+from seqvit.data.stats import channel_stats
+from seqvit.data.tokenize import unpatchify
 from seqvit.errors import SeqvitError
 from seqvit.io import atomic_path
 from seqvit.model.vit import build_model
@@ -45,7 +46,7 @@ def predict(cfg: dict, run_dir, tokens_path, stats_path, out_nc) -> None:
     if missing:
         raise SeqvitError(f"config key evaluate.variables: {missing} are not model channels {test_set.channels}")
     keep = [test_set.channels.index(v) for v in variables]
-    mean, std = load_stats(stats_path, variables)
+    mean, std = channel_stats(stats_path, variables)
     mean = mean.astype(np.float32)[None, :, None, None]
     std = std.astype(np.float32)[None, :, None, None]
 
