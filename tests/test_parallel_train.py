@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import copy
 import csv
+import json
+import os
+import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +27,7 @@ from seqvit.train.engine import train
 
 ROOT = Path(__file__).resolve().parents[1]
 HEIGHT, WIDTH, P = 8, 16, 4  # 2 x 4 patches: 8 tokens
+RUN_FILES = ["best.pt", "checkpoints", "metrics.csv", "model.pt", "tensorboard"]
 
 
 def _config(results: Path) -> dict:
@@ -109,12 +115,11 @@ def _torchrun(setup, nproc, *sets):
 )
 def test_torchrun_matches_one_process(setup, nproc, sets):
     run = setup["run"]
-    for name in ("checkpoint.pt", "metrics.csv", "model.pt"):
-        (run / name).unlink(missing_ok=True)
+    shutil.rmtree(run, ignore_errors=True)
     done = _torchrun(setup, nproc, *sets)
     assert done.returncode == 0, done.stderr[-4000:]
     assert done.stdout.count("wrote ") == 1, done.stdout  # only rank 0 reports (and writes)
-    assert sorted(p.name for p in run.iterdir()) == ["checkpoint.pt", "metrics.csv", "model.pt"]
+    assert sorted(p.name for p in run.iterdir()) == RUN_FILES
 
     single, parallel = _metrics(setup["single"] / "metrics.csv"), _metrics(run / "metrics.csv")
     assert [r["step"] for r in parallel] == [r["step"] for r in single] == ["2", "4", "6", "8"]
@@ -139,3 +144,120 @@ def test_torchrun_rejects_heads_that_ulysses_cannot_split(setup):
     done = _torchrun(setup, 2, "parallel.sp=2", "model.num_heads=1")
     assert done.returncode != 0
     assert "sp must divide the head count" in done.stderr
+
+
+def _curve_cfg(setup, steps, **train):
+    cfg = copy.deepcopy(setup["cfg"])
+    cfg["train"].update({"steps": steps, "log_every": 1, "val_every": 10, "checkpoint_every": 5, "warmup_steps": 3,
+                         **train})  # fmt: skip
+    return cfg
+
+
+def _launch(setup, world, runs, tmp_root):
+    """Run [(cfg, out_dir)] one after another in one torchrun world of `world` processes."""
+    spec = tmp_root / f"spec-{world}-{len(list(tmp_root.glob('spec-*')))}.json"
+    spec.write_text(json.dumps({
+        "tokens": str(setup["tokens"]), "patch_size": P,
+        "runs": [{"cfg": cfg, "out": str(out)} for cfg, out in runs],
+    }))  # fmt: skip
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", str(world),
+        "--master-addr", "127.0.0.1", "--master-port", str(free_port()), str(ROOT / "tests" / "train_runs.py"),
+        str(spec),
+    ]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-6000:]
+
+
+def _losses(run, key="loss"):
+    return np.array([float(r[key]) for r in _metrics(run / "metrics.csv") if r[key] != ""])
+
+
+@pytest.fixture(scope="module")
+def layouts(setup, tmp_path_factory):
+    """20-step loss curves of one global batch on (P, D) = (1, 1), (2, 1), (1, 2), (2, 2), and ZeRO 0-3 on P=2."""
+    root = tmp_path_factory.mktemp("layouts")
+    cfg = _curve_cfg(setup, 20)
+    runs = {"1x1": root / "1x1"}
+    train(cfg, setup["tokens"], runs["1x1"], P, progress=False)
+    world2 = [("2x1", {"sp": 2}, 0), ("1x2", {"sp": 1}, 0)]
+    world2 += [(f"zero{stage}", {"sp": 2, "sp_method": "lss"}, stage) for stage in (0, 1, 2, 3)]
+    batch = []
+    for name, parallel, stage in world2:
+        run_cfg = _curve_cfg(setup, 20 if name in ("2x1", "1x2") else 10, zero_stage=stage)
+        run_cfg["parallel"] = parallel
+        batch.append((run_cfg, root / name))
+        runs[name] = root / name
+    _launch(setup, 2, batch, root)
+    run_cfg = _curve_cfg(setup, 20)
+    run_cfg["parallel"] = {"sp": 2, "dp": 2}
+    runs["2x2"] = root / "2x2"
+    _launch(setup, 4, [(run_cfg, runs["2x2"])], root)
+    return runs
+
+
+@pytest.mark.parametrize("layout", ["2x1", "1x2", "2x2"])
+def test_loss_curves_agree_across_sequence_and_data_parallel_layouts(layouts, layout):
+    want, got = _losses(layouts["1x1"]), _losses(layouts[layout])
+    assert len(want) == len(got) == 20
+    np.testing.assert_allclose(got, want, rtol=1e-4)
+    np.testing.assert_allclose(_losses(layouts[layout], "val_loss"), _losses(layouts["1x1"], "val_loss"), rtol=1e-4)
+    assert want[-1] < 0.5 * want[0]  # it learns: the comparison is not between flat curves
+
+
+@pytest.mark.parametrize("stage", [1, 2, 3])
+def test_zero_stages_give_the_loss_of_stage_0(layouts, stage):
+    want, got = _losses(layouts["zero0"]), _losses(layouts[f"zero{stage}"])
+    assert len(want) == len(got) == 10
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    # ZeRO partitions the optimizer states over both ranks: every rank wrote its part
+    tag = (layouts[f"zero{stage}"] / "checkpoints" / "latest").read_text()
+    parts = sorted(p.name for p in (layouts[f"zero{stage}"] / "checkpoints" / tag).glob("*optim_states.pt"))
+    assert len(parts) == 2, parts
+
+
+def _worker_pids(parent: int) -> list[int]:
+    children = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
+    return [int(pid) for pid in children]
+
+
+def test_interrupted_by_sigusr1_and_resumed_equals_uninterrupted(setup, tmp_path):
+    """Two ranks (P=2, ZeRO-2) get SIGUSR1 mid-run, checkpoint and stop; the rerun ends bit-identical."""
+    cfg = _curve_cfg(setup, 60, zero_stage=2, checkpoint_every=25)
+    cfg["parallel"] = {"sp": 2}
+    cfg["results"] = str(tmp_path / "results")
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    (tmp_path / "results" / "tokens").mkdir(parents=True)
+    (tmp_path / "results" / "tokens" / f"p{P}.zarr").symlink_to(setup["tokens"])
+    reference = tmp_path / "reference"
+    _launch(setup, 2, [(cfg, reference)], tmp_path)
+
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", "2",
+        "--master-addr", "127.0.0.1", "--master-port", str(free_port()),
+        "-m", "seqvit.cli", "train", "--config", str(config), "--patch-size", str(P), "--quiet",
+    ]  # fmt: skip
+    run = tmp_path / "results" / "train" / f"p{P}"
+    proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if (run / "metrics.csv").exists() and len(_metrics(run / "metrics.csv")) >= 3:
+            break
+        time.sleep(0.02)
+    for pid in _worker_pids(proc.pid):  # as srun --signal=USR1 does: every task gets it
+        os.kill(pid, signal.SIGUSR1)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    assert "stopped by SIGUSR1 after step" in stderr, stderr[-3000:]
+    stopped_at = int((run / "checkpoints" / "latest").read_text().removeprefix("step"))
+    assert 3 <= stopped_at < 60 and not (run / "model.pt").exists()
+
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-4000:]
+    a = torch.load(reference / "model.pt", weights_only=False)["state_dict"]
+    b = torch.load(run / "model.pt", weights_only=False)["state_dict"]
+    for name, tensor in a.items():
+        assert torch.equal(tensor, b[name]), name
+    want, got = _metrics(reference / "metrics.csv"), _metrics(run / "metrics.csv")
+    assert [(r["step"], r["loss"], r["val_loss"]) for r in got] == [(r["step"], r["loss"], r["val_loss"]) for r in want]

@@ -1,5 +1,8 @@
 import copy
 import csv
+import os
+import shutil
+import signal
 
 import numpy as np
 import pandas as pd
@@ -9,6 +12,7 @@ import xarray as xr
 
 from seqvit.data.tokenize import tokenize, unpatchify
 from seqvit.errors import SeqvitError
+from seqvit.train.checkpoint import StopRequest
 from seqvit.train.engine import lr_factor, train
 from seqvit.train.predict import predict
 
@@ -82,13 +86,21 @@ def test_lr_schedule_warms_up_then_decays_to_zero():
 
 def test_train_writes_outputs_and_resumes_bit_identically(store, tmp_path):
     tokens_path, _ = store
+    launcher_variables = {k for k in os.environ if k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR")}
     whole = train(CFG, tokens_path, tmp_path / "whole", P, progress=False)
-    assert whole.exists() and (tmp_path / "whole" / "checkpoint.pt").exists()
+    assert whole.exists() and (tmp_path / "whole" / "best.pt").exists()
+    # what DeepSpeed needed in the environment is gone: a later srun or torchrun must not inherit a world of 1
+    assert {k for k in os.environ if k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR")} == launcher_variables
+    assert (tmp_path / "whole" / "checkpoints" / "latest").read_text() == "step00000012"
+    assert list((tmp_path / "whole" / "tensorboard").glob("events.out.tfevents.*"))
     rows = read_metrics(tmp_path / "whole" / "metrics.csv")
     assert [int(r["step"]) for r in rows] == [2, 4, 6, 8, 10, 12]
-    assert {"step", "loss", "val_loss", "lr", "samples_per_s", "elapsed_s"} <= set(rows[0])
+    assert {"step", "loss", "val_loss", "lr", "samples_per_s", "tokens_per_s", "tflops", "mfu", "elapsed_s"} <= set(rows[0])
     assert [r["val_loss"] != "" for r in rows] == [False, False, True, False, False, True]
     assert float(rows[-1]["lr"]) == pytest.approx(0.0, abs=1e-12)
+    for row in rows:  # 8 tokens a sample: tokens/s is samples/s x 8; MFU a fraction of the measured peak
+        assert float(row["tokens_per_s"]) == pytest.approx(8 * float(row["samples_per_s"]))
+        assert 0 < float(row["mfu"]) < 1 and float(row["tflops"]) > 0
 
     # interrupted after step 6 (a checkpoint boundary of its own), then run again
     assert train(CFG, tokens_path, tmp_path / "split", P, progress=False, stop_at_step=6) is None
@@ -104,6 +116,8 @@ def test_train_writes_outputs_and_resumes_bit_identically(store, tmp_path):
     split_rows = read_metrics(tmp_path / "split" / "metrics.csv")
     for key in ("step", "loss", "val_loss", "lr"):
         assert [r[key] for r in split_rows] == [r[key] for r in rows]
+    # the two newest checkpoints are kept
+    assert sorted(p.name for p in (tmp_path / "split" / "checkpoints").glob("step*")) == ["step00000008", "step00000012"]
 
 
 def test_resume_after_a_crash_between_checkpoints(store, tmp_path):
@@ -113,9 +127,10 @@ def test_resume_after_a_crash_between_checkpoints(store, tmp_path):
     cfg["train"]["steps"] = 8
     run = tmp_path / "run"
     train(cfg, tokens_path, run, P, progress=False, stop_at_step=4)
-    saved = (run / "checkpoint.pt").read_bytes()
     train(cfg, tokens_path, run, P, progress=False, stop_at_step=7)
-    (run / "checkpoint.pt").write_bytes(saved)  # as if the process died before its next checkpoint
+    # as if the process died before its next checkpoint: the step-7 one never completed
+    (run / "checkpoints" / "latest").write_text("step00000004")
+    shutil.rmtree(run / "checkpoints" / "step00000007")
     resumed = torch.load(train(cfg, tokens_path, run, P, progress=False), weights_only=False)
     whole = torch.load(train(cfg, tokens_path, tmp_path / "whole", P, progress=False), weights_only=False)
     for name, tensor in whole["state_dict"].items():
@@ -129,11 +144,53 @@ def test_resume_refuses_a_checkpoint_of_other_settings(store, tmp_path):
     train(CFG, tokens_path, run, P, progress=False, stop_at_step=4)
     changed = copy.deepcopy(CFG)
     changed["train"]["lr"] = 0.01
-    with pytest.raises(SeqvitError, match="checkpoint.pt: written by a run with other settings"):
+    with pytest.raises(SeqvitError, match=r"run.json: the checkpoints .* were written with other settings \(train differ"):
         train(changed, tokens_path, run, P, progress=False)
     harmless = copy.deepcopy(CFG)
     harmless["train"]["val_every"] = 4  # bookkeeping only: resuming is fine
     assert train(harmless, tokens_path, run, P, progress=False).exists()
+
+
+def _losses(run):
+    return np.array([float(r["loss"]) for r in read_metrics(run / "metrics.csv")])
+
+
+def test_gradient_accumulation_and_activation_checkpointing_keep_the_loss_curve(store, tmp_path):
+    tokens_path, _ = store
+    train(CFG, tokens_path, tmp_path / "plain", P, progress=False)
+    for name, extra in {"accumulate": {"grad_accumulation": 2}, "recompute": {"activation_checkpointing": True}}.items():
+        cfg = copy.deepcopy(CFG)
+        cfg["train"].update(extra)
+        train(cfg, tokens_path, tmp_path / name, P, progress=False)
+        np.testing.assert_allclose(_losses(tmp_path / name), _losses(tmp_path / "plain"), rtol=1e-5, err_msg=name)
+    bad = copy.deepcopy(CFG)
+    bad["train"]["grad_accumulation"] = 3
+    with pytest.raises(SeqvitError, match="train.grad_accumulation: 3 must be at least 1 and divide the 4 samples"):
+        train(bad, tokens_path, tmp_path / "bad", P, progress=False)
+
+
+def test_bf16_training_learns_and_saves_fp32_weights(store, tmp_path):
+    tokens_path, _ = store
+    cfg = copy.deepcopy(CFG)
+    cfg["train"].update(precision="bf16", grad_clip=1.0, steps=24, val_every=12)
+    saved = torch.load(train(cfg, tokens_path, tmp_path / "bf16", P, progress=False), weights_only=False)
+    fp32 = copy.deepcopy(CFG)
+    fp32["train"].update(grad_clip=1.0, steps=24, val_every=12)
+    train(fp32, tokens_path, tmp_path / "fp32", P, progress=False)
+    losses, reference = _losses(tmp_path / "bf16"), _losses(tmp_path / "fp32")
+    assert np.isfinite(losses).all() and losses[-1] < 0.7 * losses[0]
+    np.testing.assert_allclose(losses, reference, rtol=0.05)  # bf16 keeps about 3 significant digits
+    assert saved["precision"] == "bf16"
+    assert all(t.dtype == torch.float32 for t in saved["state_dict"].values())
+
+
+def test_stop_request_catches_slurm_signals_and_restores_handlers():
+    before = signal.getsignal(signal.SIGUSR1)
+    with StopRequest() as stop:
+        assert not stop.pending(distributed=False)
+        os.kill(os.getpid(), signal.SIGUSR1)
+        assert stop.pending(distributed=False) and stop.name == "SIGUSR1"
+    assert signal.getsignal(signal.SIGUSR1) is before
 
 
 def test_train_rejects_store_of_other_patch_size(store, tmp_path):

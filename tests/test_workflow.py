@@ -2,8 +2,10 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -82,3 +84,47 @@ def test_whole_workflow_runs_and_reruns_nothing(tiny):
 
     run([*base, "--report", str(results / "report.html")], workdir)
     assert (results / "report.html").stat().st_size > 10_000
+
+    # Slurm's walltime warning mid-training: the job checkpoints and fails, Snakemake's retry resumes
+    _interrupt_training_and_retry(workdir, base, results)
+
+
+def _training_pids() -> list[int]:
+    pids = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"train" in args and b"--patch-size" in args and any(a.endswith(b"seqvit") for a in args):
+            pids.append(int(cmdline.parent.name))
+    return pids
+
+
+def _interrupt_training_and_retry(workdir, base, results):
+    cfg_path = Path(base[base.index("--configfile") + 1])
+    cfg = yaml.safe_load(cfg_path.read_text())
+    cfg["train"].update(steps=300, val_every=100, checkpoint_every=100, log_every=5)
+    longer = workdir / "longer.yaml"
+    longer.write_text(yaml.safe_dump(cfg))
+    command = [*base[: base.index("--configfile")], "--configfile", str(longer), "--cores", "2", "--retries", "1"]
+    model = results / "train" / "p8" / "model.pt"
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    proc = subprocess.Popen([*command, str(model)], cwd=workdir, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    metrics, deadline, signalled = results / "train" / "p8" / "metrics.csv", time.monotonic() + 300, []
+    while time.monotonic() < deadline and proc.poll() is None and not signalled:
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 3:  # header + two rows: mid-run
+            for pid in _training_pids():
+                os.kill(pid, signal.SIGUSR1)
+                signalled.append(pid)
+        time.sleep(0.02)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out[-4000:]
+    assert signalled, "training ended before it could be signalled"
+    assert "Error in rule train" in out and "exit status 75" in out, out[-4000:]
+    log = (results / "logs" / "train" / "p8.log").read_text()
+    assert "resumed from step" in log, log[-3000:]
+    resumed_at = int(log.split("resumed from step")[1].split()[0].rstrip(","))
+    assert 0 < resumed_at < 300
+    assert pd.read_csv(metrics)["step"].max() == 300 and model.exists()

@@ -81,7 +81,10 @@ def cmd_train(args):
 
     cfg = _config(args)
     lay = Layout(cfg)
-    train(cfg, lay.tokens(args.patch_size), lay.run_dir(args.patch_size), args.patch_size, progress=not args.quiet)
+    train(
+        cfg, lay.tokens(args.patch_size), lay.run_dir(args.patch_size), args.patch_size, progress=not args.quiet,
+        restart_if_changed=args.restart_if_changed,
+    )  # fmt: skip
     if launcher_env()["rank"] == 0:  # under torchrun / srun only rank 0 writes and reports
         print(f"wrote {lay.run_dir(args.patch_size)}")
 
@@ -191,11 +194,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = stage(
         "train", cmd_train,
-        "train the ViT for one patch size (resumes from its checkpoint); under torchrun or srun with "
-        "--set parallel.sp=P the token sequence of each sample is split over P processes",
+        "train the ViT for one patch size on DeepSpeed (resumes from its newest checkpoint; SIGTERM or SIGUSR1 "
+        "checkpoint and exit with status 75); under torchrun or srun with --set parallel.sp=P the token sequence "
+        "of each sample is split over P processes",
     )  # fmt: skip
     p.add_argument("--patch-size", type=int, required=True, metavar="P")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--restart-if-changed", action="store_true",
+        help="checkpoints written with other settings are moved to checkpoints.previous/ and training starts "
+        "afresh (without it they are refused)",
+    )  # fmt: skip
 
     p = stage("predict", cmd_predict, "forecast the test years with a trained ViT")
     p.add_argument("--patch-size", type=int, required=True, metavar="P")
@@ -225,7 +234,7 @@ def main(argv=None) -> int:
         if args.verbose:
             raise
         print(f"seqvit {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        return getattr(exc, "exit_code", 2)
     log.info("%s done in %.1f s", args.command, time.perf_counter() - start)
     return 0
 

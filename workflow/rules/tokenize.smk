@@ -21,8 +21,10 @@ rule tokenize:
     params:
         config=config_args("data"),
         channels=config["data"],
+        # token chunks per sample: a sequence-parallel rank reads only its segment
+        sp_segments=config["tokenize"].get("sp_segments", 8),
         code=source_hash("data/tokenize", "data/fields", "data/stats"),
     message:
         "Cutting normalized fields into {wildcards.p} x {wildcards.p} patch tokens"
     shell:
-        "seqvit tokenize {params.config} --patch-size {wildcards.p} > {log} 2>&1"
+        "seqvit tokenize {params.config} --set tokenize.sp_segments={params.sp_segments} --patch-size {wildcards.p} > {log} 2>&1"

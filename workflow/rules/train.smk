@@ -34,11 +34,19 @@ rule train:
         cluster=config.get("cluster", {}),
         train=config["train"],
         splits=config["splits"],
-        code=source_hash("model", "train/engine", "data/loader", "parallel"),
+        code=source_hash(
+            "model",
+            "train/engine",
+            "train/checkpoint",
+            "train/throughput",
+            "train/slurm",
+            "data/loader",
+            "parallel",
+        ),
     message:
         "Training the ViT on {wildcards.p} x {wildcards.p} patches (on Slurm: {params.sbatch})"
     shell:
-        "{params.seqvit} train {params.config} {params.run} --patch-size {wildcards.p} --quiet > {log} 2>&1"
+        "{params.seqvit} train {params.config} {params.run} --patch-size {wildcards.p} --quiet --restart-if-changed > {log} 2>&1"
 
 
 rule predict:

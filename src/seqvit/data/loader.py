@@ -4,22 +4,386 @@ A sample starts at an init time t of one split; its target is the state at t + l
 that split (so no sample straddles two splits). Init times are those valid for every lead of
 the dataset (fields.init_times), the same set every model is evaluated on.
 
-The demo store is small, so the split is read into memory once.
+Training reads lazily: SplitIndex says which store times make each sample, SampleOrder says
+which samples make each step (from the step number alone, so a run resumes mid-epoch),
+TokenStore reads one token segment of chosen times, SegmentBatches puts them together for one
+rank and step_loader prefetches them in worker processes. Prediction reads a whole split into
+memory once (ForecastPairs).
 """
 
 from __future__ import annotations
 
+import json
+import multiprocessing
+import os
+from collections import OrderedDict
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import torch
+import zarr
 
 from seqvit.data import fields
-from seqvit.data.tokenize import open_tokens
+from seqvit.data.tokenize import check_tokens_store, open_tokens
 from seqvit.errors import SeqvitError
 
 
+class SplitIndex:
+    """(input time, lead, target time) of one split of a tokens store; loads no token values."""
+
+    def __init__(self, tokens_path, cfg: dict, split: str, lead_hours):
+        self.path = Path(tokens_path)
+        self.lead_hours = [int(h) for h in lead_hours]
+        if not self.lead_hours:
+            raise SeqvitError(f"no lead times given for the {split} split (config train.lead_hours)")
+        store = open_tokens(tokens_path)
+        try:
+            times = pd.DatetimeIndex(store["time"].values)
+            self.channels = [str(c) for c in store["channel"].values]
+            self.num_tokens = int(store["tokens"].shape[2])
+            self.patch_size = int(store.attrs["patch_size"])
+            self.grid_shape = tuple(int(n) for n in store.attrs["grid_shape"])
+            self.latitude = np.asarray(store.attrs["latitude"], dtype=np.float64)
+            self.longitude = np.asarray(store.attrs["longitude"], dtype=np.float64)
+        finally:
+            store.close()
+
+        in_split = fields.split_times(times, cfg, split)
+        self.split_positions = np.flatnonzero(in_split)  # the split's rows of the store's time axis
+        split_times = times[in_split]
+        self.init_times = pd.DatetimeIndex(fields.init_times(split_times, self.lead_hours))
+        if len(self.init_times) == 0:
+            raise SeqvitError(
+                f"{tokens_path}: the {split} split (years {cfg['splits'][split]}) has no init time "
+                f"with targets at leads {self.lead_hours} h; check splits.{split} and data.years"
+            )
+        position = pd.Series(self.split_positions, index=split_times)
+        self.input_index = position[self.init_times].to_numpy()
+        self.target_index = np.stack(
+            [position[self.init_times + pd.Timedelta(hours=h)].to_numpy() for h in self.lead_hours]
+        )  # [lead, init]
+
+    def __len__(self) -> int:
+        return len(self.init_times)
+
+
+class SampleOrder:
+    """Deterministic order of training samples: epoch e is a permutation of all init times drawn from
+    (seed, e), each with a lead drawn from (seed, e); global batch k of an epoch is rows [kG, (k+1)G).
+    Step s -> epoch s // batches_per_epoch, batch s % batches_per_epoch (the tail of an epoch that does
+    not fill a batch is dropped). Depends on nothing but (num_samples, num_leads, global_batch, seed, step),
+    so a run resumes mid-epoch from its step alone."""
+
+    def __init__(self, num_samples: int, num_leads: int, global_batch: int, seed: int):
+        self.num_samples, self.num_leads = int(num_samples), int(num_leads)
+        self.batch_size, self.seed = int(global_batch), int(seed)
+        if self.num_leads < 1:
+            raise SeqvitError("config key train.lead_hours: no lead time to draw from; list at least one")
+        if self.batch_size < 1:
+            raise SeqvitError(f"config key train.batch_size: {global_batch} is not a positive number of samples")
+        self.batches_per_epoch = self.num_samples // self.batch_size
+        if self.batches_per_epoch == 0:
+            raise SeqvitError(
+                f"config key train.batch_size: a global batch of {self.batch_size} samples does not fit the "
+                f"training split's {self.num_samples} init times; lower train.batch_size or add years to splits.train"
+            )
+        self._epoch: tuple[int, np.ndarray, np.ndarray] | None = None
+
+    def epoch(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        """(sample permutation [N], lead positions [N]) of one epoch."""
+        if self._epoch is None or self._epoch[0] != epoch:
+            # SeedSequence: an independent stream per (seed, epoch); it takes non-negative words only
+            rng = np.random.default_rng([self.seed % 2**64, epoch])
+            samples = rng.permutation(self.num_samples)
+            leads = rng.integers(self.num_leads, size=self.num_samples)
+            self._epoch = (epoch, samples, leads)
+        return self._epoch[1], self._epoch[2]
+
+    def global_batch(self, step: int) -> tuple[np.ndarray, np.ndarray]:
+        """(sample positions [G], lead positions [G]) of a training step."""
+        step = int(step)
+        if step < 0:
+            raise SeqvitError(f"training step {step} is negative")
+        epoch, batch = divmod(step, self.batches_per_epoch)
+        samples, leads = self.epoch(epoch)
+        rows = slice(batch * self.batch_size, (batch + 1) * self.batch_size)
+        return samples[rows], leads[rows]
+
+    def rank_batch(self, step: int, dp: int, dp_rank: int) -> tuple[np.ndarray, np.ndarray]:
+        """Rows [dp_rank*G/D, (dp_rank+1)*G/D) of the global batch of `step`."""
+        share = _replica_share(self.batch_size, dp, dp_rank)
+        samples, leads = self.global_batch(step)
+        rows = slice(dp_rank * share, (dp_rank + 1) * share)
+        return samples[rows], leads[rows]
+
+
+def _replica_share(global_batch: int, dp: int, dp_rank: int) -> int:
+    if dp < 1 or not 0 <= dp_rank < dp:
+        raise SeqvitError(f"data-parallel rank {dp_rank} of {dp} replicas does not exist")
+    if global_batch % dp:
+        raise SeqvitError(
+            f"config key train.batch_size: {global_batch} does not split over {dp} data-parallel replicas; "
+            f"use a multiple of {dp}"
+        )
+    return global_batch // dp
+
+
+# Offset and length of an inner chunk that a shard does not hold (zarr v3 sharding spec).
+_ABSENT = np.uint64(2**64 - 1)
+# Shard indices kept per TokenStore (each is 16 bytes per inner chunk: 8 KB for 64 times x 8 segments).
+_INDEX_CACHE = 1024
+
+
+class _ShardLayout:
+    """Where the inner chunks of a tokens array lie, for the layout tokenize() writes: zarr v3
+    sharding, index at the end, inner chunks of one time x all channels x a token segment x all
+    pixels, stored as raw little-endian float32. Reading those with os.pread skips zarr's per-chunk
+    overhead (~0.3 ms a chunk, more than reading a chunk's bytes at demo sizes)."""
+
+    def __init__(self, folder: Path, meta: dict):
+        self.folder = folder
+        shape = tuple(int(n) for n in meta["shape"])
+        shard = tuple(int(n) for n in meta["chunk_grid"]["configuration"]["chunk_shape"])
+        sharding = meta["codecs"][0]["configuration"]
+        inner = tuple(int(n) for n in sharding["chunk_shape"])
+        _, channels, _, pixels = shape
+        if inner[0] != 1 or (inner[1], inner[3]) != (channels, pixels) or (shard[1], shard[3]) != (channels, pixels):
+            raise ValueError("not a (1, C, segment, P*P) inner chunk grid")
+        self.segment = inner[2]
+        self.times_per_shard = shard[0]
+        self.segments_per_shard = shard[2] // self.segment
+        self.chunk_shape = (channels, self.segment, pixels)
+        self.chunk_nbytes = 4 * channels * self.segment * pixels
+        crc = any(c["name"] == "crc32c" for c in sharding["index_codecs"])
+        self.index_nbytes = 16 * self.times_per_shard * self.segments_per_shard + (4 if crc else 0)
+        self.fill = np.float32(float(meta["fill_value"]) if meta.get("fill_value") is not None else 0.0)
+        self._index: OrderedDict[tuple[int, int], np.ndarray | None] = OrderedDict()
+
+    @classmethod
+    def of(cls, array_folder: Path):
+        """The layout of `array_folder`, or None when it is another layout (read through zarr instead)."""
+        try:
+            meta = json.loads((array_folder / "zarr.json").read_text())
+            (codec,) = meta["codecs"]
+            conf = codec["configuration"]
+            (inner,) = conf["codecs"]
+            index_codecs = [c["name"] for c in conf["index_codecs"]]
+            key = meta["chunk_key_encoding"]
+            fits = (
+                meta["zarr_format"] == 3
+                and meta["data_type"] == "float32"
+                and len(meta["shape"]) == 4
+                and meta["chunk_grid"]["name"] == "regular"
+                and codec["name"] == "sharding_indexed"
+                and conf.get("index_location", "end") == "end"
+                and inner["name"] == "bytes"
+                and inner.get("configuration", {}).get("endian", "little") == "little"
+                and index_codecs in (["bytes"], ["bytes", "crc32c"])
+                and conf["index_codecs"][0].get("configuration", {}).get("endian", "little") == "little"
+                and key["name"] == "default"
+                and key.get("configuration", {}).get("separator", "/") == "/"
+            )
+            return cls(array_folder, meta) if fits else None
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def _path(self, shard_time: int, shard_token: int) -> Path:
+        return self.folder / "c" / str(shard_time) / "0" / str(shard_token) / "0"
+
+    def _shard_index(self, shard_time: int, shard_token: int, handle) -> np.ndarray | None:
+        """[times, segments, (offset, nbytes)] of one shard (cached); None when the shard has no file."""
+        key = (shard_time, shard_token)
+        if key in self._index:
+            self._index.move_to_end(key)
+            return self._index[key]
+        index = None  # zarr writes no file for a shard that is all fill value
+        if handle is not None:
+            size = os.fstat(handle.fileno()).st_size
+            where = self._path(*key)
+            if size < self.index_nbytes:
+                raise SeqvitError(f"{where}: shard of {size} bytes is too short for its index; rerun `seqvit tokenize`")
+            raw = os.pread(handle.fileno(), self.index_nbytes, size - self.index_nbytes)
+            count = self.times_per_shard * self.segments_per_shard
+            index = np.frombuffer(raw[: 16 * count], dtype="<u8").reshape(self.times_per_shard, -1, 2)
+            held = index[..., 0] != _ABSENT
+            offsets, lengths = index[..., 0][held], index[..., 1][held]
+            if np.any(lengths != self.chunk_nbytes) or np.any(offsets + self.chunk_nbytes > size):
+                raise SeqvitError(
+                    f"{where}: shard index does not match {self.chunk_nbytes}-byte chunks; rerun `seqvit tokenize`"
+                )
+        self._index[key] = index
+        if len(self._index) > _INDEX_CACHE:
+            self._index.popitem(last=False)
+        return index
+
+    def read(self, times: np.ndarray, start: int, stop: int) -> np.ndarray:
+        """[len(times), C, stop-start, PP] from the chunks of token range [start, stop) only."""
+        channels, seg, pixels = self.chunk_shape
+        out = np.empty((len(times), channels, stop - start, pixels), dtype=np.float32)
+        first, last = start // seg, (stop - 1) // seg
+        per_shard = self.segments_per_shard
+        shard_of_time, time_in_shard = np.divmod(times, self.times_per_shard)
+        for shard_time in np.unique(shard_of_time):
+            rows = np.flatnonzero(shard_of_time == shard_time)
+            for shard_token in range(first // per_shard, last // per_shard + 1):
+                path = self._path(int(shard_time), shard_token)
+                handle = open(path, "rb", buffering=0) if path.exists() else None  # one open per shard and read
+                try:
+                    index = self._shard_index(int(shard_time), shard_token, handle)
+                    chunks = range(max(first, shard_token * per_shard), min(last + 1, (shard_token + 1) * per_shard))
+                    for chunk in chunks:
+                        lo, hi = max(start, chunk * seg), min(stop, (chunk + 1) * seg)
+                        target, source = slice(lo - start, hi - start), slice(lo - chunk * seg, hi - chunk * seg)
+                        offsets = None if index is None else index[time_in_shard[rows], chunk % per_shard, 0]
+                        for k, row in enumerate(rows):
+                            if offsets is None or offsets[k] == _ABSENT:
+                                out[row, :, target] = self.fill
+                                continue
+                            raw = os.pread(handle.fileno(), self.chunk_nbytes, int(offsets[k]))
+                            out[row, :, target] = np.frombuffer(raw, dtype="<f4").reshape(self.chunk_shape)[:, source]
+                finally:
+                    if handle is not None:
+                        handle.close()
+        return out
+
+
+class TokenStore:
+    """Reads token segments from a tokens zarr store; opens the array lazily so it can be pickled into workers."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        check_tokens_store(self.path)
+        self._array = None
+        self._layout = None
+
+    def __getstate__(self):
+        return {"path": self.path}  # open handles and caches stay with the process that made them
+
+    def __setstate__(self, state):
+        self.path, self._array, self._layout = state["path"], None, None
+
+    def _open(self):
+        if self._array is None:
+            self._array = zarr.open_array(self.path / "tokens", mode="r")
+            self._layout = _ShardLayout.of(self.path / "tokens")
+            if len(self._array.shape) != 4:
+                raise SeqvitError(
+                    f"{self.path}: tokens array of shape {self._array.shape} is not (time, channel, token, pixel)"
+                )
+        return self._array
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        """(time, channel, token, pixel)."""
+        return tuple(self._open().shape)
+
+    @property
+    def segmented(self) -> bool:
+        """Whether reads go chunk by chunk through the layout tokenize() writes (else: through zarr)."""
+        self._open()
+        return self._layout is not None
+
+    def read(self, time_positions, token_range: tuple[int, int]) -> np.ndarray:
+        """float32 [n, C, stop-start, PP], in the order given (repeats allowed), reading only the chunks of
+        that token range."""
+        n_time, _, n_token, _ = self.shape
+        times = np.asarray(time_positions, dtype=np.int64).reshape(-1)
+        if times.size and (times.min() < 0 or times.max() >= n_time):
+            raise IndexError(f"{self.path}: time positions outside 0 .. {n_time - 1}")
+        start, stop = _check_range(token_range, n_token, self.path)
+        unique, inverse = np.unique(times, return_inverse=True)  # a time shared by samples is read once
+        if self._layout is not None:
+            block = self._layout.read(unique, start, stop)
+        else:  # another layout (a store from before segment chunking): correct, only slower
+            block = self._array.get_orthogonal_selection((unique, slice(None), slice(start, stop), slice(None)))
+            block = np.asarray(block, dtype=np.float32)
+        if len(unique) == len(times) and np.array_equal(unique, times):
+            return block
+        return block[inverse]
+
+
+def _check_range(token_range, num_tokens: int, where) -> tuple[int, int]:
+    start, stop = (int(v) for v in token_range)
+    if not 0 <= start < stop <= num_tokens:
+        raise SeqvitError(f"{where}: token range [{start}, {stop}) is not a non-empty part of 0 .. {num_tokens}")
+    return start, stop
+
+
+def read_pairs(store: TokenStore, index: SplitIndex, samples, leads, token_range):
+    """x, lead_hours, y for explicit (sample position, lead position) pairs (validation uses this)."""
+    samples = np.asarray(samples, dtype=np.int64).reshape(-1)
+    leads = np.asarray(leads, dtype=np.int64).reshape(-1)
+    if samples.shape != leads.shape:
+        raise SeqvitError(f"read_pairs: {samples.size} samples but {leads.size} lead positions")
+    if samples.size and (samples.min() < 0 or samples.max() >= len(index)):
+        raise IndexError(f"{index.path}: sample positions outside 0 .. {len(index) - 1}")
+    if leads.size and (leads.min() < 0 or leads.max() >= len(index.lead_hours)):
+        raise IndexError(f"{index.path}: lead positions outside 0 .. {len(index.lead_hours) - 1}")
+    _check_range(token_range, index.num_tokens, index.path)
+    times = np.concatenate([index.input_index[samples], index.target_index[leads, samples]])
+    block = torch.from_numpy(store.read(times, token_range))
+    hours = torch.tensor(index.lead_hours, dtype=torch.float32)[torch.from_numpy(leads)]
+    return block[: samples.size], hours, block[samples.size :]
+
+
+class SegmentBatches(torch.utils.data.Dataset):
+    """Item `step` = this rank's batch of that training step: its data-parallel rows, its token segment."""
+
+    def __init__(self, store: TokenStore, index: SplitIndex, order: SampleOrder, dp: int, dp_rank: int, token_range):
+        if order.num_samples != len(index) or order.num_leads != len(index.lead_hours):
+            raise SeqvitError(
+                f"{index.path}: sample order over {order.num_samples} init times x {order.num_leads} leads does "
+                f"not match the split's {len(index)} x {len(index.lead_hours)}"
+            )
+        if store.shape[2] != index.num_tokens:
+            raise SeqvitError(f"{store.path}: {store.shape[2]} tokens, but the split index has {index.num_tokens}")
+        _replica_share(order.batch_size, dp, dp_rank)
+        self.token_range = _check_range(token_range, index.num_tokens, index.path)
+        self.store, self.index, self.order, self.dp, self.dp_rank = store, index, order, int(dp), int(dp_rank)
+
+    def __getitem__(self, step: int):
+        samples, leads = self.order.rank_batch(step, self.dp, self.dp_rank)
+        return read_pairs(self.store, self.index, samples, leads, self.token_range)
+
+
+def _worker_init(_worker_id: int) -> None:
+    # Reads are I/O and copies; the training process's threads need the cores.
+    torch.set_num_threads(1)
+
+
+def _worker_context():
+    """Workers forked from a fresh server process that has imported this module.
+
+    Forking the training process itself (the default on Linux) copies it with the locks its other
+    threads hold at that moment (TensorBoard's writer, zarr's I/O loop, gloo), and a worker then
+    hangs now and then; the server is single-threaded, and forking it is as quick as forking the trainer.
+    """
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([__name__])
+    return context
+
+
+def step_loader(batches: SegmentBatches, start_step: int, stop_step: int, workers: int = 1, prefetch: int = 2):
+    """Iterable over the batches of steps start_step .. stop_step-1, in order, prefetched by `workers` worker
+    processes (0: in this process). A torch DataLoader with sampler=range(start_step, stop_step), batch_size=None."""
+    if not 0 <= int(start_step) <= int(stop_step):
+        raise SeqvitError(f"step_loader: steps {start_step} .. {stop_step} are not an increasing range from 0")
+    if int(workers) < 0 or int(prefetch) < 1:
+        raise SeqvitError(
+            f"config key train.loader_workers: {workers} worker processes (prefetch {prefetch}); use 0 or more"
+        )
+    options = {}
+    if workers > 0:
+        options = {"worker_init_fn": _worker_init, "prefetch_factor": int(prefetch),
+                   "multiprocessing_context": _worker_context()}  # fmt: skip
+    return torch.utils.data.DataLoader(
+        batches, batch_size=None, sampler=range(int(start_step), int(stop_step)), num_workers=int(workers), **options
+    )
+
+
 class ForecastPairs(torch.utils.data.Dataset):
-    """Map-style dataset of forecast pairs for one split.
+    """Map-style dataset of forecast pairs for one split, read into memory once.
 
     random_lead=True (training): one item per init time, its lead drawn uniformly from
     `lead_hours` with `generator` (so a run that saves the generator state resumes exactly).
@@ -35,32 +399,15 @@ class ForecastPairs(torch.utils.data.Dataset):
         random_lead: bool,
         generator: torch.Generator | None = None,
     ):
-        self.lead_hours = [int(h) for h in lead_hours]
-        if not self.lead_hours:
-            raise SeqvitError(f"no lead times given for the {split} split (config train.lead_hours)")
-        store = open_tokens(tokens_path)
-        times = pd.DatetimeIndex(store["time"].values)
-        in_split = fields.split_times(times, cfg, split)
-        split_times = times[in_split]
-        self.init_times = pd.DatetimeIndex(fields.init_times(split_times, self.lead_hours))
-        if len(self.init_times) == 0:
-            raise SeqvitError(
-                f"{tokens_path}: the {split} split (years {cfg['splits'][split]}) has no init time "
-                f"with targets at leads {self.lead_hours} h; check splits.{split} and data.years"
-            )
-        self.tokens = torch.from_numpy(np.ascontiguousarray(store["tokens"].isel(time=np.flatnonzero(in_split)).values))
-        self.channels = [str(c) for c in store["channel"].values]
-        self.patch_size = int(store.attrs["patch_size"])
-        self.grid_shape = tuple(int(n) for n in store.attrs["grid_shape"])
-        self.latitude = np.asarray(store.attrs["latitude"], dtype=np.float64)
-        self.longitude = np.asarray(store.attrs["longitude"], dtype=np.float64)
-        store.close()
-
-        position = pd.Series(np.arange(len(split_times)), index=split_times)
-        self.input_index = torch.tensor(position[self.init_times].to_numpy())
-        self.target_index = torch.stack(
-            [torch.tensor(position[self.init_times + pd.Timedelta(hours=h)].to_numpy()) for h in self.lead_hours]
-        )  # [lead, init]
+        index = SplitIndex(tokens_path, cfg, split, lead_hours)
+        self.lead_hours, self.init_times, self.channels = index.lead_hours, index.init_times, index.channels
+        self.patch_size, self.grid_shape = index.patch_size, index.grid_shape
+        self.latitude, self.longitude = index.latitude, index.longitude
+        rows = index.split_positions
+        self.tokens = torch.from_numpy(TokenStore(tokens_path).read(rows, (0, index.num_tokens)))
+        # positions in self.tokens (the split's rows) rather than on the store's time axis
+        self.input_index = torch.from_numpy(np.searchsorted(rows, index.input_index))
+        self.target_index = torch.from_numpy(np.searchsorted(rows, index.target_index))  # [lead, init]
         self.random_lead = random_lead
         self.generator = generator
 

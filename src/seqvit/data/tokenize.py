@@ -3,6 +3,11 @@
 Token layout: tokens are numbered row-major over the patch grid (patch rows follow ascending
 latitude), so a contiguous run of tokens is a latitude stripe — the segment a sequence-parallel
 rank holds. Inside a token, pixels are numbered row-major.
+
+Store layout (zarr v3, sharded, uncompressed): one shard file per TIME_SHARD times holds inner
+chunks of one time x all channels x one token segment of ceil(L / tokenize.sp_segments) tokens.
+A sequence-parallel rank whose degree divides sp_segments thus reads exactly its segment's
+chunks of exactly the samples it needs, from a store of few files.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import xarray as xr
+import zarr
 
 from seqvit.data import fields
 from seqvit.data.grids import latitude_weights
@@ -19,8 +25,11 @@ from seqvit.data.stats import channel_stats
 from seqvit.errors import SeqvitError
 from seqvit.io import atomic_path
 
-# Samples per zarr chunk along time: big enough for few files, small enough to read a batch cheaply.
-TIME_CHUNK = 64
+# Times per shard file: few files per store (about 100 for 4 years 6-hourly).
+TIME_SHARD = 64
+# Default of tokenize.sp_segments: token segments per sample, the largest sequence-parallel
+# degree that reads exactly its own bytes (any divisor of it does too).
+SP_SEGMENTS = 8
 
 
 def check_patch_size(grid_shape, patch_size: int) -> None:
@@ -78,6 +87,22 @@ def token_weights(lat, grid_shape, patch_size: int) -> np.ndarray:
     return np.ascontiguousarray(patchify(weights, patch_size)).astype(np.float32)
 
 
+def sp_segments(cfg: dict) -> int:
+    """Config key tokenize.sp_segments (default SP_SEGMENTS), checked."""
+    value = (cfg.get("tokenize") or {}).get("sp_segments", SP_SEGMENTS)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise SeqvitError(
+            f"config key tokenize.sp_segments: {value!r} is not a positive integer; give the largest "
+            f"parallel.sp the store will be trained with (default {SP_SEGMENTS})"
+        )
+    return value
+
+
+def token_chunk(num_tokens: int, segments: int) -> int:
+    """Tokens per zarr chunk: ceil(L / segments), so segment k of `segments` is chunk k."""
+    return max(1, -(-int(num_tokens) // int(segments)))
+
+
 def tokenize(cfg: dict, regridded_paths, stats_path, patch_size: int, out_zarr) -> None:
     """Regridded netCDF files -> normalized tokens zarr store (contract format 5)."""
     channels = fields.channel_names(cfg)
@@ -102,13 +127,32 @@ def tokenize(cfg: dict, regridded_paths, stats_path, patch_size: int, out_zarr) 
             "longitude": [float(v) for v in data["longitude"].values],
         },
     )
-    chunks = (min(TIME_CHUNK, n_time), n_channel, n_token, n_pixel)
-    with atomic_path(out_zarr) as tmp:
-        store.to_zarr(tmp, mode="w", encoding={"tokens": {"chunks": chunks}}, consolidated=False)
+    segments = sp_segments(cfg)
+    store.attrs["sp_segments"] = segments
+    chunk = token_chunk(n_token, segments)
+    encoding = {
+        "tokens": {
+            "chunks": (1, n_channel, chunk, n_pixel),  # one sample's segment: nobody reads more than they use
+            "shards": (min(TIME_SHARD, n_time), n_channel, chunk * -(-n_token // chunk), n_pixel),
+            # Normalized float32 compresses by only ~15% with zstd; raw chunks are cheaper to read.
+            "compressors": None,
+        }
+    }
+    # zarr encodes one inner chunk per pipeline step by default; batching a shard's chunks is ~2x faster.
+    with atomic_path(out_zarr) as tmp, zarr.config.set({"codec_pipeline.batch_size": TIME_SHARD * segments}):
+        store.to_zarr(tmp, mode="w", encoding=encoding, consolidated=False, zarr_format=3)
+
+
+def check_tokens_store(path) -> None:
+    """A clear error when `path` is missing or holds no tokens array."""
+    path = Path(path)
+    if not path.exists():
+        raise SeqvitError(f"{path}: tokens store not found; run `seqvit tokenize` first")
+    if not any((path / "tokens" / name).exists() for name in ("zarr.json", ".zarray")):
+        raise SeqvitError(f"{path}: not a tokens store (no `tokens` array); rerun `seqvit tokenize`")
 
 
 def open_tokens(path) -> xr.Dataset:
     """Open a tokens store lazily, with a clear error when it is missing."""
-    if not Path(path).exists():
-        raise SeqvitError(f"{path}: tokens store not found; run `seqvit tokenize` first")
+    check_tokens_store(path)
     return xr.open_zarr(path, consolidated=False, chunks=None)

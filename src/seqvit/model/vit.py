@@ -24,6 +24,7 @@ import math
 
 import numpy as np
 import torch
+import torch.utils.checkpoint
 from torch import nn
 
 from seqvit.data.tokenize import check_patch_size
@@ -166,6 +167,7 @@ class ForecastViT(nn.Module):
         )
         self.norm = nn.LayerNorm(embed_dim)
         self.head = nn.Linear(embed_dim, channels * pixels)
+        self.activation_checkpointing = False  # set by training (train.activation_checkpointing)
         self._init_weights()
 
     def _init_weights(self):
@@ -200,14 +202,18 @@ class ForecastViT(nn.Module):
             )
         x = self.patch_embedding(tokens) + self.channel_embedding[None, :, None, :]
         x = self.aggregation(x)
-        x = x + self.position_embedding[token_offset : token_offset + local_tokens][None]
+        x = x + self.position_embedding[token_offset : token_offset + local_tokens][None].to(x.dtype)
         return x + self.lead_embedding(lead_hours)
 
     def forward(self, tokens, lead_hours, token_offset: int = 0):
         """Normalized tendency [B, C, L_local, P*P] for input tokens [B, C, L_local, P*P]."""
         x = self.embed(tokens, lead_hours, token_offset)
         for block in self.blocks:
-            x = block(x)
+            if self.activation_checkpointing and self.training and torch.is_grad_enabled():
+                # keep only block inputs; recompute the rest (attention included) in the backward pass
+                x = torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False)
+            else:
+                x = block(x)
         out = self.head(self.norm(x))  # [B, L, C*pp]
         batch, local_tokens, _ = out.shape
         return out.reshape(batch, local_tokens, self.channels, -1).permute(0, 2, 1, 3)

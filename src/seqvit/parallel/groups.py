@@ -13,9 +13,11 @@ Everything that can be wrong with a layout (world size, heads, sequence length, 
 checked by check_layout before any step runs, with the fix in the message.
 
 Launchers: torchrun (RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT)
-and Slurm's srun (SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID, SLURM_NTASKS_PER_NODE; MASTER_ADDR
-from the environment or the first host of SLURM_JOB_NODELIST; MASTER_PORT from the environment
-or 20000 + SLURM_JOB_ID mod 40000, so that jobs sharing a node do not collide).
+and Slurm's srun (SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID; tasks on this node from
+SLURM_STEP_TASKS_PER_NODE, SLURM_TASKS_PER_NODE or SLURM_NTASKS_PER_NODE at SLURM_NODEID;
+MASTER_ADDR from the environment or the first host of SLURM_STEP_NODELIST / SLURM_JOB_NODELIST,
+expanded in pure Python by parallel/hostlist.py; MASTER_PORT from the environment or
+20000 + SLURM_JOB_ID mod 40000, so that jobs sharing a node do not collide).
 """
 
 from __future__ import annotations
@@ -23,13 +25,13 @@ from __future__ import annotations
 import datetime
 import logging
 import os
-import subprocess
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 
 from seqvit.errors import SeqvitError
+from seqvit.parallel.hostlist import first_host, tasks_on_node
 
 log = logging.getLogger(__name__)
 
@@ -86,43 +88,91 @@ SINGLE = Layout()
 def launcher_env(environ=None) -> dict:
     """rank, world_size, local_rank, local_world_size, master_addr, master_port from torchrun or srun.
 
-    Without a launcher: one process (world size 1).
+    Without a launcher: one process (world size 1). A value that is not an integer, or ranks
+    that do not fit the sizes, raise SeqvitError naming the variable.
     """
     env = os.environ if environ is None else environ
     if "RANK" in env and "WORLD_SIZE" in env:  # torchrun (also a hand-set environment)
-        rank, world = int(env["RANK"]), int(env["WORLD_SIZE"])
-        local_rank = int(env.get("LOCAL_RANK", rank))
-        local_world = int(env.get("LOCAL_WORLD_SIZE", world))
+        rank_var, world_var = "RANK", "WORLD_SIZE"
+        rank, world = _env_int(env, "RANK"), _env_int(env, "WORLD_SIZE", minimum=1)
+        local_rank_var = "LOCAL_RANK" if "LOCAL_RANK" in env else "RANK"
+        local_world_var = "LOCAL_WORLD_SIZE" if "LOCAL_WORLD_SIZE" in env else "WORLD_SIZE"
+        local_rank = _env_int(env, local_rank_var)
+        local_world = _env_int(env, local_world_var, minimum=1)
     elif "SLURM_PROCID" in env and "SLURM_NTASKS" in env:  # srun
-        rank, world = int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"])
-        local_rank = int(env.get("SLURM_LOCALID", 0))
-        per_node = env.get("SLURM_NTASKS_PER_NODE", str(world)).split("(")[0].split(",")[0]
-        local_world = int(per_node) if per_node.isdigit() else world
+        rank_var, world_var = "SLURM_PROCID", "SLURM_NTASKS"
+        rank, world = _env_int(env, "SLURM_PROCID"), _env_int(env, "SLURM_NTASKS", minimum=1)
+        local_rank_var = "SLURM_LOCALID"
+        local_rank = _env_int(env, "SLURM_LOCALID") if "SLURM_LOCALID" in env else 0
+        local_world_var, local_world = _slurm_local_world(env, world)
     else:
         return {"rank": 0, "world_size": 1, "local_rank": 0, "local_world_size": 1, "master_addr": None,
                 "master_port": None}  # fmt: skip
-    addr = env.get("MASTER_ADDR")
+    if rank >= world:
+        raise SeqvitError(
+            f"{rank_var}={rank} is not below {world_var}={world}: the launcher's environment is inconsistent"
+        )
+    if local_world > world:
+        raise SeqvitError(
+            f"{local_world_var}={env.get(local_world_var)!r} gives {local_world} processes on this node, more than "
+            f"{world_var}={world} in all"
+        )
+    if local_rank >= local_world:
+        raise SeqvitError(
+            f"{local_rank_var}={local_rank} is not below the {local_world} processes on this node "
+            f"({local_world_var}={env.get(local_world_var)!r})"
+        )
+    addr = env.get("MASTER_ADDR") or None
     if addr is None and world > 1:
         addr = _first_slurm_host(env) or "127.0.0.1"
     if "MASTER_PORT" in env:
-        port = int(env["MASTER_PORT"])
+        port = _env_int(env, "MASTER_PORT", minimum=1, maximum=65535)
     elif "SLURM_JOB_ID" in env:  # jobs sharing a node (a sweep on a small cluster) must not share a port
-        port = 20000 + int(env["SLURM_JOB_ID"]) % 40000
+        port = 20000 + _env_int(env, "SLURM_JOB_ID") % 40000
     else:
         port = DEFAULT_PORT
     return {"rank": rank, "world_size": world, "local_rank": local_rank, "local_world_size": local_world,
             "master_addr": addr, "master_port": port}  # fmt: skip
 
 
-def _first_slurm_host(env) -> str | None:
-    nodelist = env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST")
-    if not nodelist:
-        return None
+def _env_int(env, name: str, minimum: int = 0, maximum: int | None = None) -> int:
+    value = env[name]
     try:
-        out = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True, check=True)
-        return out.stdout.split()[0]
-    except (OSError, subprocess.CalledProcessError, IndexError):
-        return nodelist.split(",")[0] if "[" not in nodelist else None
+        number = int(str(value).strip())
+    except ValueError:
+        raise SeqvitError(f"launcher variable {name}={value!r} is not an integer") from None
+    if number < minimum or (maximum is not None and number > maximum):
+        bounds = f"at least {minimum}" if maximum is None else f"in {minimum}..{maximum}"
+        raise SeqvitError(f"launcher variable {name}={value!r} must be {bounds}")
+    return number
+
+
+# The step's own layout first: srun sets SLURM_STEP_TASKS_PER_NODE (and overwrites
+# SLURM_TASKS_PER_NODE) for the step, while SLURM_NTASKS_PER_NODE is the job's request and can
+# differ from a smaller step inside the allocation.
+_TASKS_PER_NODE_VARS = ("SLURM_STEP_TASKS_PER_NODE", "SLURM_TASKS_PER_NODE", "SLURM_NTASKS_PER_NODE")
+
+
+def _slurm_local_world(env, world: int) -> tuple[str, int]:
+    """(variable, tasks on this node) under srun; the whole world when Slurm does not say."""
+    node_id = _env_int(env, "SLURM_NODEID") if "SLURM_NODEID" in env else None
+    for name in _TASKS_PER_NODE_VARS:
+        if env.get(name):
+            return name, tasks_on_node(env[name], node_id, name)
+    return "SLURM_NTASKS", world
+
+
+# The step's node list first: rank 0 runs on the step's first node, which need not be the
+# job's first node when a step uses part of the allocation.
+_NODELIST_VARS = ("SLURM_STEP_NODELIST", "SLURM_JOB_NODELIST", "SLURM_NODELIST")
+
+
+def _first_slurm_host(env) -> str | None:
+    """First host of the Slurm node list (pure Python; malformed lists raise SeqvitError)."""
+    for name in _NODELIST_VARS:
+        if env.get(name):
+            return first_host(env[name], name)
+    return None
 
 
 def check_world(world_size: int, sp: int, local_world_size: int | None = None) -> None:

@@ -1,42 +1,60 @@
-"""Training: AdamW, warmup + cosine, latitude-weighted MSE on the tendency.
+"""Training on the DeepSpeed engine: AdamW, warmup + cosine, latitude-weighted MSE on the tendency.
 
-One process, or several under torchrun / srun (config section `parallel`): the world of P x D
-ranks splits each sample's token sequence over P sequence-parallel ranks (parallel.sp, method
-parallel.sp_method) and the global batch over D data-parallel replicas; see
-seqvit/parallel/shard.py for how the loss and gradients are reduced. A single process runs the
-plain code path, untouched. Only rank 0 writes files.
+One process, or P x D processes under torchrun / srun (config section `parallel`): the world
+splits each sample's token sequence over P sequence-parallel ranks (parallel.sp, method
+parallel.sp_method) and the global batch over D data-parallel replicas. Each rank's loader
+reads only its replica's samples and its token segment (data/loader.py); the loss of a rank is
+that of its segment with the global latitude weights (parallel/shard.py), so the mean of the
+per-rank losses over the world is the loss of the whole global batch. DeepSpeed is given no
+model-parallel unit: it averages gradients over the whole world, which is exactly the gradient
+of that mean, and ZeRO (train.zero_stage 0-3) partitions optimizer states, gradients and
+parameters over the sequence and data ranks together.
 
-A run folder holds checkpoint.pt (everything needed to continue bit for bit: model, optimizer,
-scheduler, step, random states, metrics so far), metrics.csv (rewritten atomically at every
-log step) and, at the end, model.pt. Calling train() again on the same folder resumes from
-checkpoint.pt, so a job cut by a walltime limit just runs again.
+A run folder holds checkpoints/ (train/checkpoint.py; a run resumes from it bit for bit, also
+after SIGTERM/SIGUSR1 from Slurm), metrics.csv (rewritten atomically at every log step),
+tensorboard/ when TensorBoard is installed, best.pt (weights of the lowest validation loss) and,
+at the end, model.pt (the last weights). Only rank 0 writes files other than checkpoint parts.
 """
 
 from __future__ import annotations
 
 import csv
+import logging
 import math
+import os
 import random
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from tqdm import tqdm
 
-from seqvit.data.loader import ForecastPairs
+from seqvit.data.loader import SampleOrder, SegmentBatches, SplitIndex, TokenStore, read_pairs, step_loader
 from seqvit.data.tokenize import token_weights
 from seqvit.errors import SeqvitError
 from seqvit.io import atomic_path
 from seqvit.model.vit import build_model
 from seqvit.parallel import groups
 from seqvit.parallel.attention import check_backend
+from seqvit.parallel.shard import Shard
+from seqvit.train import throughput
+from seqvit.train.slurm import run_parallelism
+from seqvit.train.checkpoint import Checkpoints, StopRequest, TrainingInterrupted
 
-METRIC_COLUMNS = ("step", "loss", "val_loss", "lr", "samples_per_s", "elapsed_s")
+log = logging.getLogger(__name__)
+
+METRIC_COLUMNS = (
+    "step", "loss", "val_loss", "lr", "samples_per_s", "tokens_per_s", "tflops", "mfu", "data_wait", "elapsed_s",
+)  # fmt: skip
 VAL_SAMPLES = 256
 VAL_BATCH = 64
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
 # Train keys that do not change the weights a run produces: a checkpoint may resume across them.
-RESUME_FREE_KEYS = ("threads", "val_every", "checkpoint_every", "log_every")
+RESUME_FREE_KEYS = (
+    "threads", "val_every", "checkpoint_every", "log_every", "loader_workers", "peak_tflops", "keep_checkpoints",
+)  # fmt: skip
 
 
 def weighted_mse(pred, target, weights):
@@ -52,10 +70,39 @@ def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
+def deepspeed_config(tcfg: dict, local_batch: int) -> dict:
+    """The DeepSpeed config of section `train` for a replica batch of `local_batch` samples."""
+    accumulation = int(tcfg.get("grad_accumulation", 1))
+    if accumulation < 1 or local_batch % accumulation:
+        raise SeqvitError(
+            f"config key train.grad_accumulation: {accumulation} must be at least 1 and divide the {local_batch} "
+            f"samples each data-parallel replica gets per step (train.batch_size / data-parallel replicas)"
+        )
+    stage = int(tcfg.get("zero_stage", 0))
+    if stage not in (0, 1, 2, 3):
+        raise SeqvitError(f"config key train.zero_stage: {stage} is not one of 0, 1, 2, 3")
+    precision = tcfg.get("precision", "fp32")
+    if precision not in PRECISIONS:
+        raise SeqvitError(f"config key train.precision: {precision!r} is not one of {sorted(PRECISIONS)}")
+    config = {
+        "train_micro_batch_size_per_gpu": local_batch // accumulation,
+        "gradient_accumulation_steps": accumulation,
+        "zero_optimization": {"stage": stage},
+        "bf16": {"enabled": precision == "bf16"},
+        "zero_allow_untested_optimizer": True,  # torch's AdamW: the same update on every ZeRO stage
+        "steps_per_print": 2**31 - 1,
+        "wall_clock_breakdown": False,
+    }
+    clip = float(tcfg.get("grad_clip", 0.0) or 0.0)
+    if clip > 0:
+        config["gradient_clipping"] = clip
+    return config
+
+
 def _write_metrics(path: Path, rows) -> None:
     with atomic_path(path) as tmp:
         with open(tmp, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=METRIC_COLUMNS)
+            writer = csv.DictWriter(handle, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
             writer.writeheader()
             writer.writerows(rows)
 
@@ -65,204 +112,344 @@ def _save(obj, path: Path) -> None:
         torch.save(obj, tmp)
 
 
-@torch.no_grad()
-def validation_loss(model, dataset: ForecastPairs, index, weights, shard=None) -> float:
-    """Mean loss over `index`; with a shard (sequence parallel) every rank scores its segment."""
-    model.eval()
-    total, count = 0.0, 0
-    for start in range(0, len(index), VAL_BATCH):
-        x, lead, y = dataset.batch(index[start : start + VAL_BATCH])
-        if shard is None:
-            total += weighted_mse(model(x, lead), y - x, weights).item() * len(x)
-        else:
-            total += shard.sequence_mean(shard.loss(model, x, lead, y, weighted_mse).item()) * len(x)
-        count += len(x)
-    model.train()
-    return total / count
+def _start_process_group(sp: int, device_kind: str) -> tuple[groups.Layout, bool, dict]:
+    """This process's place in the world; a one-process group when there is no launcher (DeepSpeed needs one).
+
+    Also returns the launcher variables set for DeepSpeed (it looks for them and otherwise tries
+    MPI discovery; srun sets SLURM_* only), to be removed again when training ends: they must not
+    leak into processes started later by this one (a test that then runs srun).
+    """
+    owns = not dist.is_initialized()
+    backend = "nccl" if device_kind == "cuda" else "gloo"
+    layout = groups.init_distributed(sp, backend=backend)
+    if not dist.is_initialized():  # one process: an in-memory store, no port to collide with other runs
+        dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
+    info = groups.launcher_env()
+    wanted = {"RANK": dist.get_rank(), "WORLD_SIZE": dist.get_world_size(), "LOCAL_RANK": info["local_rank"],
+              "MASTER_ADDR": info["master_addr"] or "127.0.0.1",
+              "MASTER_PORT": info["master_port"] or groups.DEFAULT_PORT}  # fmt: skip
+    added = {key: str(value) for key, value in wanted.items() if key not in os.environ}
+    os.environ.update(added)
+    return layout, owns, added
+
+
+def _device(tcfg: dict) -> torch.device:
+    wanted = tcfg.get("device", "auto")
+    if wanted not in ("auto", "cpu", "cuda"):
+        raise SeqvitError(f"config key train.device: {wanted!r} is not one of auto, cpu, cuda")
+    if wanted == "cuda" and not torch.cuda.is_available():
+        raise SeqvitError("config key train.device: cuda asked for, but torch sees no GPU; use auto or cpu")
+    if wanted != "cpu" and torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def _import_deepspeed(device: torch.device):
+    import deepspeed
+    import deepspeed.ops
+
+    if device.type == "cpu":
+        # DeepSpeed's CPU backend would JIT-compile a shared-memory all-reduce used only for inference;
+        # gloo carries every collective of training.
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
+    return deepspeed
+
+
+def _full_state_dict(engine, zero_stage: int) -> dict:
+    """The whole model's weights in fp32 on every rank (gathered from the ZeRO-3 partitions)."""
+    module = engine.module
+    if zero_stage == 3:
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
+            return {k: v.detach().float().cpu().clone() for k, v in module.state_dict().items()}
+    return {k: v.detach().float().cpu().clone() for k, v in module.state_dict().items()}
+
+
+class _TensorBoard:
+    """Scalars to <run>/tensorboard when TensorBoard is installed; nothing otherwise."""
+
+    def __init__(self, run_dir: Path, enabled: bool):
+        self.writer = None
+        if enabled:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:  # optional: metrics.csv has the same numbers
+                return
+            self.writer = SummaryWriter(str(run_dir / "tensorboard"))
+
+    def log(self, row: dict) -> None:
+        if self.writer is None:
+            return
+        for key, value in row.items():
+            if key != "step" and value != "" and value is not None:
+                self.writer.add_scalar(f"train/{key}", float(value), int(row["step"]))
+        self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
 
 
 def train(
-    cfg: dict, tokens_path, out_dir, patch_size: int, progress: bool = True, stop_at_step: int | None = None
+    cfg: dict,
+    tokens_path,
+    out_dir,
+    patch_size: int,
+    progress: bool = True,
+    stop_at_step: int | None = None,
+    restart_if_changed: bool = False,
 ) -> Path | None:
     """Train (or resume) the run in `out_dir`; returns the path of model.pt (None if stopped early).
 
+    restart_if_changed: checkpoints written with other settings are moved to checkpoints.previous/
+    and training starts afresh (otherwise they are refused).
+
     stop_at_step: checkpoint and return after this step without writing model.pt (a run split
-    over several jobs); the next call resumes.
+    over several jobs); the next call resumes. A SIGTERM or SIGUSR1 does the same and raises
+    TrainingInterrupted.
     """
     tcfg = cfg["train"]
-    pcfg = cfg.get("parallel") or {}
-    owns_process_group = not torch.distributed.is_initialized()
-    # the engine keeps model and batches on the CPU, so its collectives go over gloo (a GPU engine passes nccl)
-    layout = groups.init_distributed(int(pcfg.get("sp", 1)), backend="gloo")
+    device = _device(tcfg)
+    deepspeed = _import_deepspeed(device)
+    sp, _ = run_parallelism(cfg, patch_size)
+    layout, owns_process_group, added_variables = _start_process_group(sp, device.type)
+    try:
+        with StopRequest() as stop:
+            result = _train(cfg, tokens_path, Path(out_dir), patch_size, progress, stop_at_step, layout, device,
+                            deepspeed, stop, restart_if_changed)  # fmt: skip
+        if layout.distributed:  # rank 0 has written model.pt before any rank reports done
+            dist.barrier()
+        return result
+    finally:
+        for key in added_variables:
+            os.environ.pop(key, None)
+        if owns_process_group:
+            dist.destroy_process_group()
+            # DeepSpeed caches a clone of the world group; the next run in this process opens a new world
+            deepspeed.utils.groups._WORLD_GROUP = None
+
+
+def _train(cfg, tokens_path, out_dir, patch_size, progress, stop_at_step, layout, device, deepspeed, stop,
+           restart_if_changed):  # fmt: skip
+    tcfg = cfg["train"]
     main = layout.is_main
-    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    checkpoint_path, metrics_path, model_path = out_dir / "checkpoint.pt", out_dir / "metrics.csv", out_dir / "model.pt"
+    metrics_path, model_path, best_path = out_dir / "metrics.csv", out_dir / "model.pt", out_dir / "best.pt"
 
     torch.set_num_threads(int(tcfg.get("threads", 1)))
     seed = int(tcfg.get("seed", 0))
     torch.manual_seed(seed)
     random.seed(seed)
     np.random.seed(seed)
-    generator = torch.Generator().manual_seed(seed)  # batch indices and leads
 
-    lead_hours = tcfg["lead_hours"]
-    train_set = ForecastPairs(tokens_path, cfg, "train", lead_hours, random_lead=True, generator=generator)
-    val_set = ForecastPairs(tokens_path, cfg, "val", lead_hours, random_lead=False)
-    if train_set.patch_size != patch_size:
+    lead_hours = [int(h) for h in tcfg["lead_hours"]]
+    train_index = SplitIndex(tokens_path, cfg, "train", lead_hours)
+    val_index = SplitIndex(tokens_path, cfg, "val", lead_hours)
+    if train_index.patch_size != patch_size:
         raise SeqvitError(
-            f"{tokens_path}: store has patch size {train_set.patch_size}, training asked for {patch_size}"
+            f"{tokens_path}: store has patch size {train_index.patch_size}, training asked for {patch_size}"
         )
-    val_index = np.unique(np.linspace(0, len(val_set) - 1, min(VAL_SAMPLES, len(val_set))).round().astype(int))
-    weights = torch.from_numpy(token_weights(train_set.latitude, train_set.grid_shape, patch_size))
-
-    model = build_model(cfg["model"], len(train_set.channels), patch_size, train_set.grid_shape)
+    channels = list(train_index.channels)
+    batch_size = int(tcfg["batch_size"])
+    model = build_model(cfg["model"], len(channels), patch_size, train_index.grid_shape)
     check_backend(cfg["model"].get("attention", "sdpa"))
-    shard = _shard(cfg, layout, model, weights) if layout.distributed else None
+    model.activation_checkpointing = bool(tcfg.get("activation_checkpointing", False))
+    weights = torch.from_numpy(token_weights(train_index.latitude, train_index.grid_shape, patch_size))
+    if layout.distributed:
+        _sequence_parallel(cfg, layout, model, patch_size)
+    shard = Shard.of(layout, model.num_tokens, batch_size, weights)
+    segment = (shard.start, shard.stop)
+
+    total_steps = int(tcfg["steps"])
+    warmup = int(tcfg.get("warmup_steps", 0))
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=float(tcfg["lr"]), weight_decay=float(tcfg.get("weight_decay", 0.0)), betas=(0.9, 0.95)
     )
-    total_steps = int(tcfg["steps"])
-    warmup = int(tcfg.get("warmup_steps", 0))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, warmup, total_steps))
-    batch_size = int(tcfg["batch_size"])
-    val_every = int(tcfg.get("val_every", 0)) or total_steps
-    checkpoint_every = int(tcfg.get("checkpoint_every", 0)) or total_steps
-    log_every = max(1, int(tcfg.get("log_every", 10)))
+    ds_config = deepspeed_config(tcfg, shard.local_batch)
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
+    zero_stage = ds_config["zero_optimization"]["stage"]
+    dtype = PRECISIONS[tcfg.get("precision", "fp32")]
+    accumulation = ds_config["gradient_accumulation_steps"]
+    shard_weights = shard.weights.to(engine.device)
 
-    signature = {
+    def segment_loss(x, lead, y):
+        pred = engine(x.to(engine.device, dtype), lead.to(engine.device), token_offset=shard.start).float()
+        x, y = x.to(engine.device), y.to(engine.device)
+        loss = weighted_mse(pred, y - x, shard_weights)
+        return loss if shard.loss_scale is None else loss * shard.loss_scale
+
+    order = SampleOrder(len(train_index), len(lead_hours), batch_size, seed)
+    store = TokenStore(tokens_path)
+    batches = SegmentBatches(store, train_index, order, layout.dp, layout.dp_rank, segment)
+    n_val = len(val_index) * len(lead_hours)  # every (lead, init time) pair, leads outermost
+    val_items = np.unique(np.linspace(0, n_val - 1, min(VAL_SAMPLES, n_val)).round().astype(int))
+    val_items = np.array_split(val_items, layout.dp)[layout.dp_rank]  # replicas score disjoint samples
+
+    @torch.no_grad()
+    def validation_loss() -> float:
+        engine.eval()
+        local = torch.zeros(2, dtype=torch.float64)
+        for start in range(0, len(val_items), VAL_BATCH):
+            items = val_items[start : start + VAL_BATCH]
+            x, lead, y = read_pairs(store, val_index, items % len(val_index), items // len(val_index), segment)
+            local += torch.tensor([segment_loss(x, lead, y).item() * len(items), len(items)], dtype=torch.float64)
+        engine.train()
+        if layout.distributed:  # each sample's P segment losses average to its loss
+            dist.all_reduce(local)
+        return float(local[0] / local[1])
+
+    settings = {
         "model": dict(cfg["model"]),
         "train": {key: value for key, value in tcfg.items() if key not in RESUME_FREE_KEYS},
         "patch_size": patch_size,
-        "channels": train_set.channels,
+        "channels": channels,
+        "world_size": layout.world_size,
+        "sp": layout.sp,
     }
-    step, rows, elapsed_before = 0, [], 0.0
-    window = {"loss": 0.0, "steps": 0, "samples": 0, "seconds": 0.0}
-    if checkpoint_path.exists():
-        state = torch.load(checkpoint_path, weights_only=False)
-        if state.get("signature") != signature:
-            raise SeqvitError(
-                f"{checkpoint_path}: written by a run with other settings ({state.get('signature')}), not "
-                f"{signature}; delete it to start afresh or restore the config it was trained with"
-            )
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        step, rows, elapsed_before, window = state["step"], state["metrics"], state["elapsed_s"], state["window"]
-        torch.set_rng_state(state["torch_rng"])
-        generator.set_state(state["generator"])
-        np.random.set_state(state["numpy_rng"])
-        random.setstate(state["python_rng"])
+    checkpoints = Checkpoints(out_dir, layout.rank, layout.distributed, keep=int(tcfg.get("keep_checkpoints", 2)))
+    checkpoints.check_settings(settings, set_aside=restart_if_changed)
+    step, rows, elapsed_before, best = 0, [], 0.0, math.inf
+    state = checkpoints.load(engine)
+    if state is not None:
+        step, rows, elapsed_before, best = state["step"], state["metrics"], state["elapsed_s"], state["best_val_loss"]
         if main:
             _write_metrics(metrics_path, rows)  # drop rows logged after the checkpoint by a killed run
+            log.info("resumed from step %d, checkpoint %s", step, checkpoints.dir / checkpoints.latest_tag)
 
-    def checkpoint():
-        if not main:
-            return
-        _save(
-            {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "signature": signature,
-                "step": step,
-                "metrics": rows,
-                "elapsed_s": elapsed_before + (time.perf_counter() - started),
-                "window": dict(window),
-                "torch_rng": torch.get_rng_state(),
-                "generator": generator.get_state(),
-                "numpy_rng": np.random.get_state(),
-                "python_rng": random.getstate(),
-            },
-            checkpoint_path,
-        )
-
+    flops_per_sample = throughput.model_flops_per_sample(cfg["model"], len(channels), patch_size, model.num_tokens)
+    peak, peak_source = throughput.peak_tflops(tcfg, device, tcfg.get("precision", "fp32"))
+    val_every = int(tcfg.get("val_every", 0)) or total_steps
+    checkpoint_every = int(tcfg.get("checkpoint_every", 0)) or total_steps
+    log_every = max(1, int(tcfg.get("log_every", 10)))
     last_step = total_steps if stop_at_step is None else min(total_steps, int(stop_at_step))
+    window = {"loss": 0.0, "steps": 0, "samples": 0, "seconds": 0.0, "wait": 0.0}
     started = time.perf_counter()
-    bar = tqdm(
-        total=total_steps, initial=step, disable=not (progress and main), desc=f"train p{patch_size}", unit="step"
-    )
-    model.train()
+    tensorboard = _TensorBoard(out_dir, main)
+
+    def save_checkpoint():
+        client = {"step": step, "metrics": rows, "elapsed_s": elapsed_before + time.perf_counter() - started,
+                  "best_val_loss": best}  # fmt: skip
+        checkpoints.save(engine, step, client, settings)
+
+    def save_weights(path):
+        weights_now = _full_state_dict(engine, zero_stage)
+        if main:
+            _save(
+                {
+                    "state_dict": weights_now,
+                    "model_config": dict(cfg["model"]),
+                    "channels": channels,
+                    "patch_size": patch_size,
+                    "grid_shape": list(train_index.grid_shape),
+                    "latitude": train_index.latitude.tolist(),
+                    "longitude": train_index.longitude.tolist(),
+                    "lead_hours": lead_hours,
+                    "steps": step,
+                    "precision": tcfg.get("precision", "fp32"),
+                },
+                path,
+            )
+
+    bar = tqdm(total=total_steps, initial=step, disable=not (progress and main), desc=f"train p{patch_size}", unit="step")
+    engine.train()
+    workers = int(tcfg.get("loader_workers", 1))
+    batches_iter = iter(step_loader(batches, step, last_step, workers=workers)) if step < last_step else iter(())
+    tick = time.perf_counter()
     while step < last_step:
-        tick = time.perf_counter()
-        index = torch.randint(len(train_set), (batch_size,), generator=generator)
-        x, lead, y = train_set.batch(index)
-        if shard is None:
-            loss = weighted_mse(model(x, lead), y - x, weights)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            loss_value = loss.item()
-        else:  # every rank drew the same global batch: this replica's samples, this rank's tokens
-            loss = shard.loss(model, *shard.samples(x, lead, y), weighted_mse)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            loss_value = shard.average_gradients(model.parameters(), loss)
-        optimizer.step()
-        scheduler.step()
+        x, lead, y = next(batches_iter)
+        fetched = time.perf_counter()
+        window["wait"] += fetched - tick
+        loss_sum = 0.0
+        for chunk in zip(*(t.chunk(accumulation) for t in (x, lead, y))):
+            loss = segment_loss(*chunk)
+            engine.backward(loss)
+            engine.step()
+            loss_sum += loss.item()
         step += 1
-        window["loss"] += loss_value
+        window["loss"] += loss_sum / accumulation
         window["steps"] += 1
         window["samples"] += batch_size
-        window["seconds"] += time.perf_counter() - tick
+        window["seconds"] += time.perf_counter() - fetched
+        interrupted = stop.pending(layout.distributed)
 
         is_val = step % val_every == 0 or step == total_steps
         if step % log_every == 0 or is_val:
-            val_loss = validation_loss(model, val_set, val_index, weights, shard) if is_val else ""
-            rate = window["samples"] / max(window["seconds"], 1e-9)
+            mean_loss = window["loss"] / window["steps"]
+            if layout.distributed:  # per-rank losses average to the loss of the global batch
+                buf = torch.tensor([mean_loss], dtype=torch.float64)
+                dist.all_reduce(buf)
+                mean_loss = float(buf) / layout.world_size
+            val_loss = validation_loss() if is_val else ""
+            seconds = window["seconds"] + window["wait"]
+            rate = throughput.Throughput.of(window["samples"], seconds, layout.world_size, model.num_tokens,
+                                            flops_per_sample, peak)  # fmt: skip
             rows.append(
                 {
                     "step": step,
-                    "loss": window["loss"] / window["steps"],
+                    "loss": mean_loss,
                     "val_loss": val_loss,
-                    "lr": optimizer.param_groups[0]["lr"],
-                    "samples_per_s": rate,
+                    "lr": engine.get_lr()[0],
+                    "samples_per_s": rate.samples_per_s,
+                    "tokens_per_s": rate.tokens_per_s,
+                    "tflops": rate.tflops_per_device,
+                    "mfu": rate.mfu,
+                    "data_wait": window["wait"] / max(seconds, 1e-9),
                     "elapsed_s": elapsed_before + (time.perf_counter() - started),
                 }
             )
             if main:
                 _write_metrics(metrics_path, rows)
-            bar.set_postfix(loss=f"{rows[-1]['loss']:.4f}", samples_s=f"{rate:.0f}")
-            window = {"loss": 0.0, "steps": 0, "samples": 0, "seconds": 0.0}
-        if step % checkpoint_every == 0 or step == last_step:
-            checkpoint()
+                tensorboard.log(rows[-1])
+            bar.set_postfix(loss=f"{mean_loss:.4f}", tok_s=f"{rate.tokens_per_s:,.0f}", mfu=f"{rate.mfu:.0%}")
+            if val_loss != "" and val_loss < best:
+                best = val_loss
+                save_weights(best_path)
+            window = {"loss": 0.0, "steps": 0, "samples": 0, "seconds": 0.0, "wait": 0.0}
+        if interrupted or step % checkpoint_every == 0 or step == last_step:
+            save_checkpoint()
         bar.update(1)
+        tick = time.perf_counter()
+        if interrupted:
+            bar.close()
+            tensorboard.close()
+            raise TrainingInterrupted(
+                f"stopped by {stop.name} after step {step} of {total_steps}; checkpoint "
+                f"{checkpoints.dir / checkpoints.latest_tag} written; run the same command again to resume"
+            )
     bar.close()
-
+    tensorboard.close()
+    if main and rows:
+        last = rows[-1]
+        log.info(
+            "step %d: %.0f samples/s, %.0f tokens/s, %.3g TFLOP/s per device, MFU %.1f%% of %.3g TFLOP/s (%s)",
+            last["step"], last["samples_per_s"], last["tokens_per_s"], last["tflops"], 100 * last["mfu"], peak,
+            peak_source,
+        )  # fmt: skip
     if step < total_steps:
-        _finish(layout, owns_process_group)
         return None
-    if not main:
-        _finish(layout, owns_process_group)
-        return model_path
-    _save(
-        {
-            "state_dict": model.state_dict(),
-            "model_config": dict(cfg["model"]),
-            "channels": train_set.channels,
-            "patch_size": patch_size,
-            "grid_shape": list(train_set.grid_shape),
-            "latitude": train_set.latitude.tolist(),
-            "longitude": train_set.longitude.tolist(),
-            "lead_hours": [int(h) for h in lead_hours],
-            "steps": step,
-        },
-        model_path,
-    )
-    _finish(layout, owns_process_group)
+    save_weights(model_path)
     return model_path
 
 
-def _shard(cfg: dict, layout, model, weights):
-    """Check the parallel layout, put the sequence-parallel attention in the model, sync the weights."""
+def _sequence_parallel(cfg: dict, layout, model, patch_size: int) -> None:
+    """Check the parallel layout and put the sequence-parallel attention in the model."""
     from seqvit.parallel.sequence import sequence_parallel_attention
-    from seqvit.parallel.shard import Shard
 
     pcfg = cfg.get("parallel") or {}
     method, uneven = pcfg.get("sp_method", "ulysses"), pcfg.get("uneven", "error")
-    batch_size = int(cfg["train"]["batch_size"])
+    runs = pcfg.get("runs") or {}
+    dp = (runs.get(patch_size) or runs.get(str(patch_size)) or {}).get("dp", pcfg.get("dp"))
+    if dp is not None and int(dp) != layout.dp:
+        raise SeqvitError(
+            f"config key parallel.dp: {dp} data-parallel replicas asked for, but {layout.world_size} processes with "
+            f"parallel.sp={layout.sp} make {layout.dp}; launch {layout.sp * int(dp)} processes or change parallel.dp"
+        )
     groups.check_layout(
         num_tokens=model.num_tokens, num_heads=int(cfg["model"]["num_heads"]), sp=layout.sp, method=method,
-        world_size=layout.world_size, batch_size=batch_size, uneven=uneven,
+        world_size=layout.world_size, batch_size=int(cfg["train"]["batch_size"]), uneven=uneven,
     )  # fmt: skip
     if layout.sp > 1:
         kernel = cfg["model"].get("attention", "sdpa")
@@ -270,14 +457,3 @@ def _shard(cfg: dict, layout, model, weights):
             method, layout.sp_group, model.num_tokens, int(cfg["model"]["num_heads"]), kernel, uneven
         )
         model.set_attention_backend(backend)
-    shard = Shard.of(layout, model.num_tokens, batch_size, weights)
-    shard.broadcast_parameters(model)
-    return shard
-
-
-def _finish(layout, owns_process_group: bool) -> None:
-    """Wait for rank 0's files; close the process group if train() opened it."""
-    if layout.distributed:
-        torch.distributed.barrier()
-        if owns_process_group:
-            torch.distributed.destroy_process_group()
