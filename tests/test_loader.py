@@ -1,5 +1,7 @@
 import json
+import os
 import pickle
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -236,6 +238,29 @@ def test_resume_from_a_step_yields_the_uninterrupted_batches(store_p2, workers):
     for a, b in zip(uninterrupted[7:], resumed):
         assert all(torch.equal(u, v) for u, v in zip(a, b))
     assert not torch.equal(uninterrupted[0][0], uninterrupted[1][0])
+
+
+def _descendants(parent: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{parent}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            found += [int(child), *_descendants(int(child))]
+    return found
+
+
+def test_workers_outlive_the_signals_slurm_sends_to_the_whole_step(store_p2):
+    """USR1 and TERM are the training process's cue to checkpoint; its loader workers carry on meanwhile."""
+    index = SplitIndex(store_p2, CFG, "train", LEADS)
+    batches = SegmentBatches(TokenStore(store_p2), index, SampleOrder(len(index), 2, 16, 3), 1, 0, (0, 16))
+    loader = iter(step_loader(batches, 0, 12, workers=2))
+    first = next(loader)
+    helpers = [pid for pid in _descendants(os.getpid()) if pid != os.getpid()]
+    assert len(helpers) >= 3  # the fork server and two workers
+    for pid in helpers:
+        os.kill(pid, signal.SIGUSR1)
+        os.kill(pid, signal.SIGTERM)
+    rest = list(loader)
+    assert len(rest) == 11 and torch.equal(first[0], batches[0][0]) and torch.equal(rest[-1][2], batches[11][2])
 
 
 def _rchar() -> int:

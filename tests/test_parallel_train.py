@@ -216,9 +216,13 @@ def test_zero_stages_give_the_loss_of_stage_0(layouts, stage):
     assert len(parts) == 2, parts
 
 
-def _worker_pids(parent: int) -> list[int]:
-    children = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
-    return [int(pid) for pid in children]
+def _descendants(parent: int) -> list[int]:
+    """Every process below `parent`: ranks, their loader workers and fork servers."""
+    found = []
+    for task in Path(f"/proc/{parent}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            found += [int(child), *_descendants(int(child))]
+    return found
 
 
 def test_interrupted_by_sigusr1_and_resumed_equals_uninterrupted(setup, tmp_path):
@@ -245,8 +249,13 @@ def test_interrupted_by_sigusr1_and_resumed_equals_uninterrupted(setup, tmp_path
         if (run / "metrics.csv").exists() and len(_metrics(run / "metrics.csv")) >= 3:
             break
         time.sleep(0.02)
-    for pid in _worker_pids(proc.pid):  # as srun --signal=USR1 does: every task gets it
-        os.kill(pid, signal.SIGUSR1)
+    workers = _descendants(proc.pid)
+    assert len(workers) > 2  # two ranks, and the processes their loaders started
+    for pid in workers:  # as Slurm does: every process of the job step gets it
+        try:
+            os.kill(pid, signal.SIGUSR1)
+        except ProcessLookupError:
+            pass
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode != 0
     assert "stopped by SIGUSR1 after step" in stderr, stderr[-3000:]

@@ -16,6 +16,8 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import signal
+from multiprocessing import forkserver, resource_tracker
 from collections import OrderedDict
 from pathlib import Path
 
@@ -27,6 +29,9 @@ import zarr
 from seqvit.data import fields
 from seqvit.data.tokenize import check_tokens_store, open_tokens
 from seqvit.errors import SeqvitError
+
+
+_SLURM_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
 
 class SplitIndex:
@@ -350,6 +355,10 @@ class SegmentBatches(torch.utils.data.Dataset):
 def _worker_init(_worker_id: int) -> None:
     # Reads are I/O and copies; the training process's threads need the cores.
     torch.set_num_threads(1)
+    # Runs after torch's own worker handlers, which would end a worker on a SIGTERM that Slurm sends to
+    # the whole step while the training process is still writing its checkpoint (see _worker_context).
+    for sig in _SLURM_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
 
 
 def _worker_context():
@@ -358,9 +367,25 @@ def _worker_context():
     Forking the training process itself (the default on Linux) copies it with the locks its other
     threads hold at that moment (TensorBoard's writer, zarr's I/O loop, gloo), and a worker then
     hangs now and then; the server is single-threaded, and forking it is as quick as forking the trainer.
+
+    Slurm signals every process of a job step (USR1 before the walltime, TERM at the end). The
+    training process catches both and checkpoints; the server, its workers and multiprocessing's
+    resource tracker must not die under it meanwhile. Both helpers are started here with the two
+    signals ignored, which they keep across exec, and workers ignore them too (_worker_init);
+    all still end with training (their pipes to the training process close, or it stops them).
     """
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload([__name__])
+    try:
+        previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in _SLURM_SIGNALS}
+    except ValueError:  # not the main thread: signals are not ours to arrange
+        return context
+    try:
+        resource_tracker.ensure_running()
+        forkserver.ensure_running()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     return context
 
 
