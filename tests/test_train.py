@@ -102,10 +102,10 @@ def test_train_writes_outputs_and_resumes_bit_identically(store, tmp_path):
         assert float(row["tokens_per_s"]) == pytest.approx(8 * float(row["samples_per_s"]))
         assert 0 < float(row["mfu"]) < 1 and float(row["tflops"]) > 0
 
-    # interrupted after step 6 (a checkpoint boundary of its own), then run again
-    assert train(CFG, tokens_path, tmp_path / "split", P, progress=False, stop_at_step=6) is None
+    # interrupted after step 5 (between two metrics rows, off the checkpoint interval), then run again
+    assert train(CFG, tokens_path, tmp_path / "split", P, progress=False, stop_at_step=5) is None
     assert not (tmp_path / "split" / "model.pt").exists()
-    assert len(read_metrics(tmp_path / "split" / "metrics.csv")) == 3
+    assert len(read_metrics(tmp_path / "split" / "metrics.csv")) == 2
     resumed = train(CFG, tokens_path, tmp_path / "split", P, progress=False)
 
     a, b = torch.load(whole, weights_only=False), torch.load(resumed, weights_only=False)

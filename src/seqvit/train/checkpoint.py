@@ -3,7 +3,8 @@
 A run folder holds `checkpoints/`:
   step00000300/       one DeepSpeed checkpoint (model, optimizer partitions of every ZeRO rank,
                       scheduler, engine counters, our client state: step, metrics rows, timers)
-    rng-rank00000.pt  random states of each rank (DeepSpeed saves rank 0's only)
+    rng-rank00000.pt  random states of each rank (DeepSpeed saves rank 0's only), and its
+                      partial sums of the metrics window (its own loss, not yet averaged)
   latest              the tag of the newest complete checkpoint
   run.json            the settings the checkpoints were written with
 
@@ -145,7 +146,8 @@ class Checkpoints:
                         ", ".join(changed), previous)  # fmt: skip
         self._barrier()
 
-    def save(self, engine, step: int, client_state: dict, settings: dict) -> str:
+    def save(self, engine, step: int, client_state: dict, settings: dict, rank_state: dict | None = None) -> str:
+        """Write checkpoint `step`: DeepSpeed's part, and this rank's random states and `rank_state`."""
         tag = f"step{step:08d}"
         if self.rank == 0:
             self.dir.mkdir(parents=True, exist_ok=True)
@@ -154,7 +156,7 @@ class Checkpoints:
         self._barrier()
         engine.save_checkpoint(str(self.dir), tag=tag, client_state=client_state, save_latest=False)
         with atomic_path(self.dir / tag / f"rng-rank{self.rank:05d}.pt") as tmp:
-            torch.save(rng_state(), tmp)
+            torch.save({"rng": rng_state(), "rank_state": rank_state or {}}, tmp)
         self._barrier()  # every rank's part is on disk before `latest` names it
         if self.rank == 0:
             with atomic_path(self.dir / "run.json") as tmp:
@@ -165,11 +167,11 @@ class Checkpoints:
         self._barrier()
         return tag
 
-    def load(self, engine) -> dict | None:
-        """Restore the newest checkpoint into `engine` and this rank's random states; its client state."""
+    def load(self, engine) -> tuple[dict, dict] | tuple[None, None]:
+        """Restore the newest checkpoint into `engine` and this rank's random states; (client state, rank state)."""
         tag = self.latest_tag
         if tag is None:
-            return None
+            return None, None
         rng_path = self.dir / tag / f"rng-rank{self.rank:05d}.pt"
         if not rng_path.exists():
             raise SeqvitError(
@@ -179,8 +181,9 @@ class Checkpoints:
         _, client_state = engine.load_checkpoint(str(self.dir), tag=tag)
         if client_state is None:
             raise SeqvitError(f"{self.dir / tag}: DeepSpeed could not load it; delete {self.dir} to start afresh")
-        set_rng_state(torch.load(rng_path, weights_only=False))
-        return client_state
+        own = torch.load(rng_path, weights_only=False)
+        set_rng_state(own["rng"])
+        return client_state, own["rank_state"]
 
     def _prune(self, newest: str) -> None:
         tags = sorted(p.name for p in self.dir.glob("step*") if p.is_dir() and p.name <= newest)

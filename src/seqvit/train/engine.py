@@ -312,9 +312,11 @@ def _train(cfg, tokens_path, out_dir, patch_size, progress, stop_at_step, layout
     checkpoints = Checkpoints(out_dir, layout.rank, layout.distributed, keep=int(tcfg.get("keep_checkpoints", 2)))
     checkpoints.check_settings(settings, set_aside=restart_if_changed)
     step, rows, elapsed_before, best = 0, [], 0.0, math.inf
-    state = checkpoints.load(engine)
+    window = {"loss": 0.0, "steps": 0, "samples": 0, "seconds": 0.0, "wait": 0.0}
+    state, rank_state = checkpoints.load(engine)
     if state is not None:
         step, rows, elapsed_before, best = state["step"], state["metrics"], state["elapsed_s"], state["best_val_loss"]
+        window = rank_state["window"]  # steps since the last metrics row: the next row averages them too
         if main:
             _write_metrics(metrics_path, rows)  # drop rows logged after the checkpoint by a killed run
             log.info("resumed from step %d, checkpoint %s", step, checkpoints.dir / checkpoints.latest_tag)
@@ -325,14 +327,13 @@ def _train(cfg, tokens_path, out_dir, patch_size, progress, stop_at_step, layout
     checkpoint_every = int(tcfg.get("checkpoint_every", 0)) or total_steps
     log_every = max(1, int(tcfg.get("log_every", 10)))
     last_step = total_steps if stop_at_step is None else min(total_steps, int(stop_at_step))
-    window = {"loss": 0.0, "steps": 0, "samples": 0, "seconds": 0.0, "wait": 0.0}
     started = time.perf_counter()
     tensorboard = _TensorBoard(out_dir, main)
 
     def save_checkpoint():
         client = {"step": step, "metrics": rows, "elapsed_s": elapsed_before + time.perf_counter() - started,
                   "best_val_loss": best}  # fmt: skip
-        checkpoints.save(engine, step, client, settings)
+        checkpoints.save(engine, step, client, settings, rank_state={"window": dict(window)})
 
     def save_weights(path):
         weights_now = _full_state_dict(engine, zero_stage)
