@@ -22,6 +22,7 @@ from seqvit.data.loader import (
 from seqvit.data.tokenize import open_tokens, tokenize
 from seqvit.errors import SeqvitError
 from seqvit.parallel.groups import segment_bounds
+from processes import descendants
 
 HEIGHT, WIDTH, TIMES_PER_YEAR = 8, 16, 80  # 80 six-hourly times: two shards of 64 times per year pair
 CFG = {
@@ -240,21 +241,13 @@ def test_resume_from_a_step_yields_the_uninterrupted_batches(store_p2, workers):
     assert not torch.equal(uninterrupted[0][0], uninterrupted[1][0])
 
 
-def _descendants(parent: int) -> list[int]:
-    found = []
-    for task in Path(f"/proc/{parent}/task").iterdir():
-        for child in (task / "children").read_text().split():
-            found += [int(child), *_descendants(int(child))]
-    return found
-
-
 def test_workers_outlive_the_signals_slurm_sends_to_the_whole_step(store_p2):
     """USR1 and TERM are the training process's cue to checkpoint; its loader workers carry on meanwhile."""
     index = SplitIndex(store_p2, CFG, "train", LEADS)
     batches = SegmentBatches(TokenStore(store_p2), index, SampleOrder(len(index), 2, 16, 3), 1, 0, (0, 16))
     loader = iter(step_loader(batches, 0, 12, workers=2))
     first = next(loader)
-    helpers = [pid for pid in _descendants(os.getpid()) if pid != os.getpid()]
+    helpers = [pid for pid in descendants(os.getpid()) if pid != os.getpid()]
     assert len(helpers) >= 3  # the fork server and two workers
     for pid in helpers:
         os.kill(pid, signal.SIGUSR1)

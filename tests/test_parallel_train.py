@@ -24,6 +24,7 @@ from seqvit.data.tokenize import tokenize
 from seqvit.errors import SeqvitError
 from seqvit.parallel.spawn import free_port
 from seqvit.train.engine import train
+from processes import descendants
 
 ROOT = Path(__file__).resolve().parents[1]
 HEIGHT, WIDTH, P = 8, 16, 4  # 2 x 4 patches: 8 tokens
@@ -216,15 +217,6 @@ def test_zero_stages_give_the_loss_of_stage_0(layouts, stage):
     assert len(parts) == 2, parts
 
 
-def _descendants(parent: int) -> list[int]:
-    """Every process below `parent`: ranks, their loader workers and fork servers."""
-    found = []
-    for task in Path(f"/proc/{parent}/task").iterdir():
-        for child in (task / "children").read_text().split():
-            found += [int(child), *_descendants(int(child))]
-    return found
-
-
 def test_interrupted_by_sigusr1_and_resumed_equals_uninterrupted(setup, tmp_path):
     """Two ranks (P=2, ZeRO-2) get SIGUSR1 mid-run, checkpoint and stop; the rerun ends bit-identical."""
     cfg = _curve_cfg(setup, 60, zero_stage=2, checkpoint_every=25)
@@ -249,7 +241,7 @@ def test_interrupted_by_sigusr1_and_resumed_equals_uninterrupted(setup, tmp_path
         if (run / "metrics.csv").exists() and len(_metrics(run / "metrics.csv")) >= 3:
             break
         time.sleep(0.02)
-    workers = _descendants(proc.pid)
+    workers = descendants(proc.pid)
     assert len(workers) > 2  # two ranks, and the processes their loaders started
     for pid in workers:  # as Slurm does: every process of the job step gets it
         try:
