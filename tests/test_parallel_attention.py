@@ -105,7 +105,7 @@ def _run_case(case, layouts):
     trace = CommStats()
     with trace_collectives(trace):
         out = model(*shard.tokens(xs), leads, token_offset=shard.start)
-        loss = shard.loss(model, xs, leads, ys, weighted_mse)  # (a second forward: the loss path training uses)
+        loss = shard.loss(model, xs, leads, ys, weighted_mse)  # (a second forward: the segment loss training scales the same way)
         loss.backward()
     global_loss = shard.average_gradients(model.parameters(), loss)
 

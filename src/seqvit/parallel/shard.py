@@ -1,8 +1,8 @@
 """This rank's share of a training step: its samples (data parallel) and its tokens (sequence parallel).
 
-Every rank draws the same global batch (same seed, same generator), takes samples
-[dp_rank * b, (dp_rank + 1) * b) of it, b = batch / D, and tokens [start, stop) of those
-(groups.segment_bounds), and runs the whole model on that segment: only attention
+Each rank gets samples [dp_rank * b, (dp_rank + 1) * b) of the global batch, b = batch / D, and
+tokens [start, stop) of those (groups.segment_bounds); in training the loader reads just these
+(data/loader.SegmentBatches). It runs the whole model on that segment: only attention
 communicates. The loss of a rank is the latitude-weighted MSE of its segment with the global
 weights (tokenize.token_weights, sliced, never renormalized), scaled by stop - start over the
 mean segment length N / P (1 for equal segments), so the mean of the per-rank losses over the
@@ -12,7 +12,8 @@ Gradients: each rank's backward pass yields its share of d(sum of per-rank losse
 over all ranks is then the gradient of the sum, and dividing by the world size P x D gives the
 gradient of the global loss. So one all-reduce over the world (sequence and data ranks
 together, LSS's "double gradient averaging", which Ulysses needs just the same) averages the
-gradients, with the loss value riding along in the same buffer.
+gradients. Training leaves that all-reduce to DeepSpeed, which averages over the whole world
+(train/engine.py); average_gradients below is the same arithmetic in plain torch.distributed.
 """
 
 from __future__ import annotations
@@ -57,8 +58,11 @@ class Shard:
     def loss(self, model, x, lead, y, loss_fn):
         """Scaled loss of this rank's segment for (already this replica's) samples x, lead, y."""
         x, y = self.tokens(x, y)
-        loss = loss_fn(model(x, lead, token_offset=self.start), y - x, self.weights)
-        return loss if self.loss_scale is None else loss * self.loss_scale
+        return self.scaled(loss_fn(model(x, lead, token_offset=self.start), y - x, self.weights))
+
+    def scaled(self, segment_loss):
+        """A loss over this segment alone, scaled so that the world's mean is the global loss."""
+        return segment_loss if self.loss_scale is None else segment_loss * self.loss_scale
 
     def average_gradients(self, parameters, loss: torch.Tensor) -> float:
         """Average gradients over the world (one all-reduce); returns the global loss."""
@@ -78,16 +82,3 @@ class Shard:
             p.grad.copy_(flat[offset : offset + n].view_as(p))
             offset += n
         return float(flat[-1])
-
-    def sequence_mean(self, value: float) -> float:
-        """Mean of a per-rank (scaled) loss over this sequence-parallel group: the loss of the whole sequence."""
-        if self.layout.sp == 1:
-            return value
-        buf = torch.tensor([value], dtype=torch.float64)
-        dist.all_reduce(buf, group=self.layout.sp_group)
-        return float(buf) / self.layout.sp
-
-    def broadcast_parameters(self, module) -> None:
-        """Every rank starts from rank 0's weights (same seed gives the same; this makes sure)."""
-        for tensor in list(module.parameters()) + list(module.buffers()):
-            dist.broadcast(tensor.data, src=0)

@@ -18,6 +18,7 @@ at the end, model.pt (the last weights). Only rank 0 writes files other than che
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import logging
 import math
@@ -159,12 +160,13 @@ def _import_deepspeed(device: torch.device):
 def _full_state_dict(engine, zero_stage: int) -> dict:
     """The whole model's weights in fp32 on every rank (gathered from the ZeRO-3 partitions)."""
     module = engine.module
+    gathered = contextlib.nullcontext()
     if zero_stage == 3:
         import deepspeed
 
-        with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
-            return {k: v.detach().float().cpu().clone() for k, v in module.state_dict().items()}
-    return {k: v.detach().float().cpu().clone() for k, v in module.state_dict().items()}
+        gathered = deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None)
+    with gathered:
+        return {k: v.detach().float().cpu().clone() for k, v in module.state_dict().items()}
 
 
 class _TensorBoard:
@@ -278,8 +280,7 @@ def _train(cfg, tokens_path, out_dir, patch_size, progress, stop_at_step, layout
     def segment_loss(x, lead, y):
         pred = engine(x.to(engine.device, dtype), lead.to(engine.device), token_offset=shard.start).float()
         x, y = x.to(engine.device), y.to(engine.device)
-        loss = weighted_mse(pred, y - x, shard_weights)
-        return loss if shard.loss_scale is None else loss * shard.loss_scale
+        return shard.scaled(weighted_mse(pred, y - x, shard_weights))
 
     order = SampleOrder(len(train_index), len(lead_hours), batch_size, seed)
     store = TokenStore(tokens_path)
