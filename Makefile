@@ -23,9 +23,11 @@ demo: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --profile profiles/local --configfile $(CONFIG)
 	$(MAKE) --no-print-directory report
 
+# Each experiment writes under its own folder (results/<experiment> unless the config sets results).
 report: install
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --profile profiles/local --configfile $(CONFIG) --report results/report.html
-	@echo "Report: $(CURDIR)/results/report.html"
+	@results="$$($(BIN)/seqvit paths --config $(CONFIG) --results)" && \
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --profile profiles/local --configfile $(CONFIG) --report "$$results/report.html" && \
+	echo "Report: $$(cd "$$results" && pwd)/report.html"
 
 # tests/test_regrid_cdo.py compares regridding with CDO: install the Debian package cdo when it
 # is missing (as root, with apt-get); otherwise say how, and those tests fail with the same advice.
@@ -52,12 +54,21 @@ test: install cdo slurm
 
 # Snakemake finds a bare profile name in ./ or ~/.config/snakemake, not in profiles/: link it
 # there so that `snakemake --profile frontier` works from this folder.
+# A link already there is replaced; a real folder or file is refused, since ln -sfn would put the
+# link inside that folder and `--profile frontier` would keep using the old profile.
 frontier-profile:
-	mkdir -p $(HOME)/.config/snakemake
-	ln -sfn $(CURDIR)/profiles/frontier $(HOME)/.config/snakemake/frontier
-	@echo "linked $(HOME)/.config/snakemake/frontier -> $(CURDIR)/profiles/frontier"
+	@link="$(HOME)/.config/snakemake/frontier"; target="$(CURDIR)/profiles/frontier"; \
+	mkdir -p "$(HOME)/.config/snakemake" || exit 1; \
+	if [ -e "$$link" ] && [ ! -L "$$link" ]; then \
+	  echo "make frontier-profile: $$link is a $$( [ -d "$$link" ] && echo folder || echo file ), not a link;" \
+	    "nothing was linked, and snakemake --profile frontier would not use $$target." >&2; \
+	  echo "  Move it away (mv \"$$link\" \"$$link.old\") or remove it, then run make frontier-profile again." >&2; \
+	  exit 1; \
+	fi; \
+	ln -sfn "$$target" "$$link" && [ "$$(readlink "$$link")" = "$$target" ] || \
+	  { echo "make frontier-profile: could not link $$link -> $$target" >&2; exit 1; }; \
+	echo "linked $$link -> $$target"
 
-clean:
-	rm -rf results/raw results/regridded results/stats results/tokens results/train \
-	       results/predictions results/eval results/provenance results/logs results/benchmarks \
-	       results/report.html .snakemake
+# Removes the results of $(CONFIG) (results/demo for the demo) and Snakemake's records.
+clean: install
+	rm -rf "$$($(BIN)/seqvit paths --config $(CONFIG) --results)" .snakemake

@@ -3,6 +3,8 @@
 #   snakemake --profile profiles/local --configfile C       (another experiment)
 from snakemake.utils import min_version, validate
 
+from seqvit.config import SCHEMA, check_workflow_config
+
 min_version("9.27")
 
 
@@ -14,7 +16,8 @@ if not workflow.configfiles:
     configfile: "config/config.yaml"
 
 
-validate(config, "workflow/schemas/config.schema.yaml")
+check_workflow_config(config, workflow.configfiles)  # seqvit's messages, before any job
+validate(config, str(SCHEMA))  # fills in the schema's defaults, as the CLI does
 
 
 include: "workflow/rules/common.smk"

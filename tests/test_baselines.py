@@ -7,6 +7,8 @@ import xarray as xr
 
 from seqvit.errors import SeqvitError
 from seqvit.evaluate import baselines
+from conftest import stamp_lineage
+from seqvit import lineage
 
 LAT = np.array([-67.5, -22.5, 22.5, 67.5])
 LON = np.arange(8) * 45.0
@@ -43,6 +45,7 @@ def write_regridded(root, times, t2m, u500):
             path.parent.mkdir(parents=True, exist_ok=True)
             ds.to_netcdf(path)
             paths.append(path)
+    stamp_lineage(paths, lineage.regridded(make_cfg()))
     return paths
 
 
@@ -50,6 +53,7 @@ def write_stats(root, channels, mean, std):
     path = root / "stats" / "stats.nc"
     path.parent.mkdir(parents=True, exist_ok=True)
     xr.Dataset({"mean": ("channel", np.asarray(mean, float)), "std": ("channel", np.asarray(std, float))}, coords={"channel": channels}).to_netcdf(path)
+    stamp_lineage(path, lineage.stats(make_cfg()))
     return path
 
 
@@ -63,6 +67,7 @@ def write_climatology(root, channels):
         {"climatology": (("channel", "dayofyear", "hour", "latitude", "longitude"), values.astype(np.float32))},
         coords={"channel": channels, "dayofyear": np.arange(1, 367), "hour": HOURS, "latitude": LAT, "longitude": LON},
     ).to_netcdf(path)
+    stamp_lineage(path, lineage.climatology(make_cfg()))
     return path
 
 

@@ -4,6 +4,7 @@ Every fault must end in a correct, verified file or a one-line error that names 
 the fix; nothing incomplete is ever renamed into place, and the key never leaks.
 """
 
+import copy
 import json
 import logging
 import os
@@ -77,6 +78,11 @@ def assert_nothing_accepted(cfg, request_id):
 
 
 def write_cfg(cfg, tmp_path):
+    """`cfg` as a config file the CLI accepts: three split years (one downloaded here), 12 h leads."""
+    cfg = copy.deepcopy(cfg)
+    cfg["data"]["years"] = [2016, 2017, 2018]
+    cfg["splits"] = {"train": [2016], "val": [2017], "test": [2018]}
+    cfg["train"]["lead_hours"] = cfg["evaluate"]["lead_hours"] = [12]
     path = tmp_path / "cds.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path

@@ -25,7 +25,8 @@ def cds_cfg(demo_cfg, tmp_path):
     cfg = demo_cfg
     cfg["results"] = str(tmp_path / "results")
     cfg["source"] = {"kind": "cds"}
-    cfg["data"].update(years=[2016, 2017], months=[1, 2], hours=list(range(24)), single_level=["t2m", "tp"])
+    cfg["data"].update(years=[2015, 2016, 2017], months=[1, 2], hours=list(range(24)), single_level=["t2m", "tp"])
+    cfg["splits"] = {"train": [2015], "val": [2016], "test": [2017]}
     cfg["data"].update(pressure_level=["z", "t", "u", "v", "q", "r"], levels=[50, 250, 500, 850, 1000])
     validate(cfg)
     return cfg
@@ -35,7 +36,9 @@ def test_default_is_one_request_per_group_and_month(cds_cfg):
     cds_cfg["source"]["data_format"] = "grib"
     requests = plan_requests(cds_cfg)
     assert [r.id for r in requests] == [
+        "single-levels/2015/01", "single-levels/2015/02",
         "single-levels/2016/01", "single-levels/2016/02", "single-levels/2017/01", "single-levels/2017/02",
+        "pressure-levels/2015/01", "pressure-levels/2015/02",
         "pressure-levels/2016/01", "pressure-levels/2016/02", "pressure-levels/2017/01", "pressure-levels/2017/02",
     ]  # fmt: skip
     feb = find_request(cds_cfg, "pressure-levels/2016/02")
@@ -64,7 +67,7 @@ def test_large_months_split_into_runs_of_days_under_the_limit(cds_cfg):
     # the same data as GRIB needs fewer requests: netCDF limits are lower
     netcdf_total = len(plan_requests(cds_cfg))
     cds_cfg["source"]["data_format"] = "grib"
-    assert len(plan_requests(cds_cfg)) == 8 < netcdf_total == 12
+    assert len(plan_requests(cds_cfg)) == 12 < netcdf_total == 18  # 3 years x 2 months x 2 groups
 
 
 def test_a_day_too_large_splits_into_hours_and_one_step_too_large_is_an_error(cds_cfg):
@@ -144,7 +147,7 @@ def test_plan_prints_requests_and_sends_nothing(cds_cfg, tmp_path, monkeypatch, 
     assert main(["download", "--config", str(path), "--plan"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert len(out) == len(plan_requests(cds_cfg)) + 1 and out[-1].endswith("nothing was sent")
-    assert out[0].startswith("single-levels/2016/01 ") and "reanalysis-era5-single-levels" in out[0]
+    assert out[0].startswith("single-levels/2015/01 ") and "reanalysis-era5-single-levels" in out[0]
     assert not (tmp_path / "results").exists()
     assert main(["download", "--config", str(path), "--plan", "--request", "pressure-levels/2017/02_d01-14"]) == 0
     assert len(capsys.readouterr().out.splitlines()) == 2
@@ -161,12 +164,12 @@ def snakemake(args, cwd):
 
 
 def test_dry_run_has_one_download_job_per_request_file_and_lints_clean(cds_cfg, tmp_path):
-    cds_cfg["data"].update(years=[2016], months=[1])
+    cds_cfg["data"].update(months=[1])
     path = tmp_path / "cds.yaml"
     path.write_text(yaml.safe_dump(cds_cfg))
     out = snakemake(["--configfile", str(path), "-n", "--quiet", "rules"], tmp_path)
     counts = dict(line.split()[:2] for line in out.splitlines() if len(line.split()) == 2 and line.split()[1].isdigit())
-    assert int(counts["download"]) == len(plan_requests(cds_cfg)) == 3
+    assert int(counts["download"]) == len(plan_requests(cds_cfg)) == 3 * 3  # per year: 1 single + 2 pressure parts
     assert "synth" not in counts
     out = snakemake(["--configfile", str(path), "-n", "--printshellcmds"], tmp_path)
     assert "seqvit download --config" in out and "--request pressure-levels/2016/01_d17-31" in out

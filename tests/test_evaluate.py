@@ -7,6 +7,8 @@ import xarray as xr
 
 from seqvit.errors import SeqvitError
 from seqvit.evaluate import baselines, report
+from conftest import stamp_lineage
+from seqvit import lineage
 
 LAT = np.array([-67.5, -22.5, 22.5, 67.5])
 LON = np.arange(8) * 45.0
@@ -18,6 +20,7 @@ CFG = {
     "splits": {"train": [2001], "val": [2002], "test": [2003]},
     "evaluate": {"variables": CHANNELS, "lead_hours": [6, 24]},
 }
+FORECAST_ATTRS = {lineage.ATTR: lineage.dumps(lineage.forecast(CFG))}
 
 
 @pytest.fixture
@@ -46,6 +49,8 @@ def setup(tmp_path):
         {"climatology": (("channel", "dayofyear", "hour", "latitude", "longitude"), clim_values.astype(np.float32))},
         coords={"channel": CHANNELS, "dayofyear": np.arange(1, 367), "hour": HOURS, "latitude": LAT, "longitude": LON},
     ).to_netcdf(clim)
+    stamp_lineage(paths, lineage.regridded(CFG))
+    stamp_lineage(clim, lineage.climatology(CFG))
     predictions = {}
     for name in ("persistence", "climatology"):
         predictions[name] = baselines.run_baseline(CFG, name, paths, None, clim, tmp_path / "predictions" / f"{name}.nc")
@@ -62,7 +67,7 @@ def write_shifted_truth(path, reference_nc, paths, offset):
     inits = pd.DatetimeIndex(template["time"].values)
     pieces = [truth.sel(time=inits + pd.Timedelta(hours=int(h))).assign_coords(time=inits.values) + offset for h in template["lead_hours"].values]
     forecast = xr.concat(pieces, dim=pd.Index(template["lead_hours"].values, name="lead_hours"))
-    return baselines.write_predictions(forecast.transpose(*template.dims), path, "vit-p4")
+    return baselines.write_predictions(forecast.transpose(*template.dims), path, "vit-p4", FORECAST_ATTRS)
 
 
 def test_evaluate_writes_tables_and_figures(setup, capsys):
@@ -98,16 +103,40 @@ def test_mismatched_predictions_raise_naming_the_file(setup):
     root, paths, clim, predictions = setup
     with xr.open_dataset(predictions["persistence"]) as ds:
         shorter = ds["forecast"].isel(time=slice(1, None)).load()
-    stale = baselines.write_predictions(shorter, root / "predictions" / "vit-p4.nc", "vit-p4")
+    stale = baselines.write_predictions(shorter, root / "predictions" / "vit-p4.nc", "vit-p4", FORECAST_ATTRS)
     with pytest.raises(SeqvitError, match=r"vit-p4\.nc.*'time'"):
         report.evaluate(CFG, {**predictions, "vit-p4": stale}, paths, clim, root / "eval")
 
     with xr.open_dataset(predictions["persistence"]) as ds:
         one_channel = ds["forecast"].sel(channel=["t2m"]).load()
-    stale = baselines.write_predictions(one_channel, root / "predictions" / "vit-p8.nc", "vit-p8")
+    stale = baselines.write_predictions(one_channel, root / "predictions" / "vit-p8.nc", "vit-p8", FORECAST_ATTRS)
     with pytest.raises(SeqvitError, match=r"vit-p8\.nc.*'channel'"):
         report.evaluate(CFG, {**predictions, "vit-p8": stale}, paths, clim, root / "eval")
     assert not (root / "eval" / "metrics.csv").exists()
 
     with pytest.raises(SeqvitError, match="not found"):
         report.evaluate(CFG, {"vit-p4": root / "missing.nc"}, paths, clim, root / "eval")
+
+
+def test_seqlen_figure_draws_each_baseline_in_its_own_colour_and_style(monkeypatch, tmp_path):
+    from matplotlib.colors import to_hex
+
+    from seqvit.evaluate import figures
+
+    drawn = []
+    monkeypatch.setattr(figures, "_save", lambda fig, path, dpi=150: drawn.append(fig) or path)
+    long = pd.DataFrame([{"variable": "t2m", "lead_hours": 6, "seq_len": n, "patch_size": p, "rmse": r}
+                         for n, p, r in ((32, 8, 1.5), (128, 4, 1.2))])
+    change = pd.DataFrame([{"variable": "t2m", "lead_hours": 6, "change_pct": -20.0}])
+    # persistence and climatology with nearly the same score: the case where they were indistinguishable
+    baselines = pd.DataFrame([{"model": m, "variable": "t2m", "lead_hours": 6, "rmse": r}
+                              for m, r in (("climatology", 2.0), ("persistence", 2.01), ("linear", 1.8))])
+    figures.rmse_vs_seqlen(long, change, baselines, tmp_path / "seqlen.png")
+    lines = {line.get_label(): line for line in drawn[0].axes[0].get_lines()}
+    look = {name: (to_hex(lines[name].get_color()), lines[name].get_linestyle())
+            for name in ("ViT, 6 h", "climatology, 6 h", "persistence, 6 h", "linear, 6 h")}
+    # every line its own style, the ones the caption (workflow/report/rmse_vs_seqlen.rst) names
+    assert {name: style for name, (_, style) in look.items()} == {
+        "ViT, 6 h": "-", "persistence, 6 h": "--", "climatology, 6 h": ":", "linear, 6 h": "-."}
+    colors = [look[name][0] for name in ("ViT, 6 h", "climatology, 6 h", "persistence, 6 h")]
+    assert len(set(colors)) == 3  # and the two similar baselines their own shades of the lead's colour

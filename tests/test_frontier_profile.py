@@ -2,6 +2,7 @@
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +12,7 @@ import yaml
 
 from seqvit.config import load_config
 from seqvit.errors import SeqvitError
-from seqvit.train.slurm import job_layout, seqvit_command, train_resources
+from seqvit.train.slurm import check_slurm_account, job_layout, seqvit_command, train_resources
 
 ROOT = Path(__file__).resolve().parents[1]
 SEQSCALE = ROOT / "config" / "frontier-seqscale.yaml"
@@ -104,3 +105,81 @@ def test_profile_account_comes_from_the_environment():
     profile = yaml.safe_load((ROOT / "profiles" / "frontier" / "config.yaml").read_text())
     assert profile["default-resources"]["slurm_account"] == "$SEQVIT_SLURM_ACCOUNT"
     assert profile["jobs"] < 100 and profile["executor"] == "slurm"
+
+
+@pytest.mark.parametrize("value, environ, account", [
+    ("$SEQVIT_SLURM_ACCOUNT", {"SEQVIT_SLURM_ACCOUNT": "CLI000"}, "CLI000"),
+    ("${SEQVIT_SLURM_ACCOUNT}", {"SEQVIT_SLURM_ACCOUNT": " CLI000 "}, "CLI000"),
+    ("none", {}, "none"),  # profiles/ci-slurm: a plain name
+])
+def test_account_variables_are_expanded(value, environ, account):
+    assert check_slurm_account(value, environ) == account
+
+
+@pytest.mark.parametrize("environ", [{}, {"SEQVIT_SLURM_ACCOUNT": ""}, {"SEQVIT_SLURM_ACCOUNT": "  "}])
+def test_account_from_an_unset_variable_is_refused(environ):
+    with pytest.raises(SeqvitError, match=r"SEQVIT_SLURM_ACCOUNT is not set.*export SEQVIT_SLURM_ACCOUNT=<project>"):
+        check_slurm_account("$SEQVIT_SLURM_ACCOUNT", environ)
+
+
+def test_unset_account_stops_the_workflow_before_anything_is_submitted(tmp_path):
+    # Slurm commands that only record that they were called: nothing may reach them.
+    fake = tmp_path / "fake-slurm"
+    fake.mkdir()
+    calls = tmp_path / "slurm-calls.log"
+    for name in SLURM_COMMANDS:
+        script = fake / name
+        script.write_text(f"#!/bin/sh\necho {name} \"$@\" >> {calls}\nexit 1\n")
+        script.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k != "SEQVIT_SLURM_ACCOUNT"}
+    env["PATH"] = f"{fake}{os.pathsep}{path_without_slurm(tmp_path)}"
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--directory", str(tmp_path / "work"),
+           "--profile", str(ROOT / "profiles" / "frontier"), "--configfile", str(SEQSCALE)]  # a real run, not -n
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0, out[-3000:]
+    assert "SEQVIT_SLURM_ACCOUNT is not set" in out and "export SEQVIT_SLURM_ACCOUNT=<project>" in out, out[-3000:]
+    # The Slurm plugin may query the cluster (scontrol show config) before the Snakefile is read; no job is sent.
+    called = [line.split()[0] for line in calls.read_text().splitlines()] if calls.exists() else []
+    assert not {"sbatch", "srun", "salloc"} & set(called), called
+
+
+def make_frontier_profile(home: Path) -> subprocess.CompletedProcess:
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    env = {**os.environ, "HOME": str(home)}
+    env.pop("MAKEFLAGS", None)
+    return subprocess.run(["make", "-s", "-C", str(ROOT), "frontier-profile"], env=env, capture_output=True, text=True,
+                          timeout=60)
+
+
+def test_make_frontier_profile_links_and_replaces_an_old_link(tmp_path):
+    link = tmp_path / ".config" / "snakemake" / "frontier"
+    proc = make_frontier_profile(tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert link.is_symlink() and link.resolve() == (ROOT / "profiles" / "frontier").resolve()
+    old = tmp_path / "old-checkout" / "profiles" / "frontier"
+    old.mkdir(parents=True)
+    link.unlink()
+    link.symlink_to(old)
+    proc = make_frontier_profile(tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert link.resolve() == (ROOT / "profiles" / "frontier").resolve()
+    assert not (old / "frontier").exists()  # not a link put inside the old profile
+
+
+@pytest.mark.parametrize("kind", ["folder", "file"])
+def test_make_frontier_profile_refuses_a_real_folder_or_file(tmp_path, kind):
+    link = tmp_path / ".config" / "snakemake" / "frontier"
+    link.parent.mkdir(parents=True)
+    if kind == "folder":
+        link.mkdir()
+        (link / "config.yaml").write_text("executor: slurm\n")
+    else:
+        link.write_text("not a profile\n")
+    proc = make_frontier_profile(tmp_path)
+    assert proc.returncode != 0
+    assert f"{link} is a {kind}, not a link" in proc.stderr and f'mv "{link}"' in proc.stderr, proc.stderr
+    assert not link.is_symlink()
+    if kind == "folder":
+        assert sorted(p.name for p in link.iterdir()) == ["config.yaml"]  # no frontier/frontier link

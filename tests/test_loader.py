@@ -23,6 +23,8 @@ from seqvit.data.tokenize import open_tokens, tokenize
 from seqvit.errors import SeqvitError
 from seqvit.parallel.groups import segment_bounds
 from processes import descendants
+from conftest import stamp_lineage
+from seqvit import lineage
 
 HEIGHT, WIDTH, TIMES_PER_YEAR = 8, 16, 80  # 80 six-hourly times: two shards of 64 times per year pair
 CFG = {
@@ -59,6 +61,8 @@ def _write_fields(folder: Path, years) -> tuple[list[Path], Path]:
         {"mean": ("channel", [280.0, 250.0]), "std": ("channel", [5.0, 3.0])}, coords={"channel": ["t2m", "t_850"]}
     )
     stats.to_netcdf(folder / "stats.nc")
+    stamp_lineage(paths, lineage.regridded(CFG))
+    stamp_lineage(folder / "stats.nc", lineage.stats(CFG))
     return paths, folder / "stats.nc"
 
 

@@ -87,7 +87,7 @@ def test_parallel_keys_in_config_and_on_the_command_line():
     cfg = load_config(
         ROOT / "config" / "config.yaml", ["parallel.sp=2", "parallel.sp_method=lss", "model.attention=auto"]
     )
-    assert cfg["parallel"] == {"sp": 2, "sp_method": "lss"} and cfg["model"]["attention"] == "auto"
+    assert cfg["parallel"]["sp"] == 2 and cfg["parallel"]["sp_method"] == "lss" and cfg["model"]["attention"] == "auto"
     with pytest.raises(SeqvitError, match="parallel.sp_method"):
         load_config(ROOT / "config" / "config.yaml", ["parallel.sp_method=ring"])
     with pytest.raises(SeqvitError, match="parallel.sp"):

@@ -25,6 +25,8 @@ from seqvit.errors import SeqvitError
 from seqvit.parallel.spawn import free_port
 from seqvit.train.engine import train
 from processes import descendants
+from conftest import stamp_lineage
+from seqvit import lineage
 
 ROOT = Path(__file__).resolve().parents[1]
 HEIGHT, WIDTH, P = 8, 16, 4  # 2 x 4 patches: 8 tokens
@@ -75,6 +77,8 @@ def setup(tmp_path_factory):
     xr.Dataset(
         {"mean": ("channel", [280.0, 250.0]), "std": ("channel", [7.0, 7.0])}, coords={"channel": ["t2m", "t_850"]}
     ).to_netcdf(stats)
+    stamp_lineage(paths, lineage.regridded(cfg))
+    stamp_lineage(stats, lineage.stats(cfg))
     tokens = root / "results" / "tokens" / f"p{P}.zarr"
     tokenize(cfg, paths, stats, P, tokens)
     config_path = root / "config.yaml"

@@ -15,6 +15,8 @@ from seqvit.provenance import crate as crate_mod
 from seqvit.provenance import tables
 
 FAKE_KEY = "a1b2c3d4-e5f6-7890-abcd-ef1234567890"
+SBATCH = "--nodes=1 --ntasks=2 --partition=batch --time=120 --signal=USR1@600"  # describe_sbatch, a param of train
+HOST = "node-q7x-unlikely.example.org"
 RC_KEY = "0fedcba9-8765-4321-0fed-cba987654321"
 
 
@@ -45,12 +47,18 @@ def run(tmp_path, demo_cfg, monkeypatch):
         "train/p8/model.pt": "weights",
         "train/p8/metrics.csv": "step,loss\n1,0.5\n",
         "logs/stats.log": f"used key {FAKE_KEY[:4]}... never the whole key",
+        # what a training run records: its process layout, and the device in its last throughput line
+        "train/p8/checkpoints/run.json": json.dumps({"world_size": 2, "sp": 2, "patch_size": 8}),
+        "logs/train/p8.log": "2026-01-01 00:00:00,000 seqvit.train.engine step 20: 90 samples/s, 2880 tokens/s, "
+                             "1.2 TFLOP/s per device, MFU 0.6% of 192 TFLOP/s (data sheet of the MI250X GCD (bf16 "
+                             "dense), device 'AMD Instinct MI250X')\n",
+        "benchmarks/train/p8.tsv": "s\th:m:s\tmax_rss\tcpu_time\n7200.0\t2:00:00\t20480.0\t7000.0\n",
     }.items():
         (res / rel).parent.mkdir(parents=True, exist_ok=True)
         (res / rel).write_text(text)
     (res / "tokens" / "p8.zarr" / "x").mkdir(parents=True)
     (res / "tokens" / "p8.zarr" / "x" / "0.0").write_bytes(b"\x00\x01")
-    (res / "benchmarks").mkdir()
+    (res / "benchmarks").mkdir(exist_ok=True)
     (res / "benchmarks" / "stats.tsv").write_text("s\th:m:s\tmax_rss\tcpu_time\n5.1\t0:00:05\t321.5\t4.9\n")
     smk = tmp_path / ".snakemake"
     write_record(smk, "results/stats/stats.nc", {
@@ -63,7 +71,7 @@ def run(tmp_path, demo_cfg, monkeypatch):
     for k, out in enumerate(("results/train/p8/model.pt", "results/train/p8/metrics.csv")):  # one job, two outputs
         write_record(smk, out, {  # Snakemake stamps each output's start microseconds apart
             "rule": "train", "input": ["results/tokens/p8.zarr"], "log": ["results/logs/train/p8.log"],
-            "params": [{"steps": 20}], "starttime": 1030.0 + k * 1e-4, "endtime": 1100.0, "job_hash": 13,
+            "params": [{"steps": 20}, repr(SBATCH)], "starttime": 1030.0 + k * 1e-4, "endtime": 1100.0, "job_hash": 13,
             "external_jobid": "4242"})
     write_record(smk, "results/gone.nc", {"rule": "stats", "input": [], "starttime": 1.0, "job_hash": 1})  # deleted output
     ev = res / "eval"
@@ -103,7 +111,7 @@ def test_crate_has_one_action_per_job_with_checksums(run):
     assert extra["slurm_job_id"] == "4242"
     stats = next(j for j in jobs if j["instrument"]["@id"] == "#rule-stats")
     extra = {graph[p["@id"]]["name"]: graph[p["@id"]]["value"] for p in stats["additionalProperty"]}
-    assert extra["host"] and float(extra["benchmark_max_rss"]) == 321.5
+    assert "host" not in extra and float(extra["benchmark_max_rss"]) == 321.5  # host names only when asked
     params = [graph[o["@id"]] for o in stats["object"] if graph[o["@id"]]["@type"] == "PropertyValue"]
     assert [p["value"] for p in params] == ["--config config.yaml", '{"train": [2015]}']
     # checksums are those of the files
@@ -177,3 +185,116 @@ def test_booktabs_escapes_underscores():
     assert "t\\_850" not in text or True  # cells are escaped by the callers
     df = pd.DataFrame([{"model": "vit-p4", "variable": "t_850", "lead_hours": 6, "rmse": 1.0}])
     assert "t\\_850 6\\,h" in tables.metric_table(df, "rmse", "c", "l")
+
+
+def test_methods_describe_each_runs_sequence_parallelism_and_the_recorded_hardware(run):
+    workdir, cfg, config_path = run
+    cfg["parallel"] = {"sp_method": "lss", "runs": {8: {"sp": 2, "dp": 1}, 4: {"sp": 1, "dp": 2}}}
+    text = (build(run, validate=False) / "methods.md").read_text()
+    assert "without sequence parallelism" not in text
+    assert "p = 8: sequence split over SP = 2 ranks, 1 data-parallel replica (2 processes)" in text
+    assert "p = 4: no sequence parallelism, 2 data-parallel replicas (2 processes)" in text
+    assert "Long-Sequence-Segmentation (LSS) [tsaris2024]" in text
+    # the training jobs as the run folder, the log, the job record and the benchmark recorded them
+    assert f"p = 8: 2 processes, on AMD Instinct MI250X, Slurm job 4242 (sbatch {SBATCH}), 2.0 h wall time" in text
+    assert "peak resident memory 20.0 GB" in text and "p = 4: not recorded" in text
+    # and the machine that ran `seqvit provenance` is named as that, not as the training hardware
+    assert "This report was built by `seqvit provenance` on" in text and "Runs used" not in text
+
+
+def test_methods_of_the_frontier_sweep_give_every_runs_degree():
+    from seqvit.config import load_config
+    from seqvit.provenance import methods
+
+    cfg = load_config(Path(__file__).resolve().parents[1] / "config" / "frontier-seqscale.yaml")
+    text = methods.methods_text(cfg, {}, "no-eval-folder")
+    assert "without sequence parallelism" not in text
+    for p, layout in cfg["parallel"]["runs"].items():
+        sp, dp = layout["sp"], layout["dp"]
+        if sp > 1:
+            assert f"p = {p}: sequence split over SP = {sp} ranks" in text and f"({sp * dp} processes)" in text
+        else:
+            assert f"p = {p}: no sequence parallelism, {dp} data-parallel replicas" in text
+    assert "no record of the training hardware" in text and "the machine that built the report" in text
+
+
+def test_methods_take_climatology_years_baselines_and_extrapolation_from_the_config(demo_cfg, tmp_path):
+    from seqvit.provenance import methods
+
+    text = methods.methods_text(demo_cfg, {}, tmp_path)
+    assert "normalization statistics and the day-of-year and hour climatology come from the training years only" in text
+    assert "The baselines were climatology, persistence and a linear regression per lead time" in text
+    assert "extrapolat" not in text
+    demo_cfg["stats"] = {"climatology_years": [2013, 2014, 2015]}
+    demo_cfg["evaluate"].update(baselines=["persistence"], lead_hours=[6, 24, 72], extrapolate_leads=True)
+    text = methods.methods_text(demo_cfg, {}, tmp_path)
+    assert "the day-of-year and hour climatology from the years 2013-2015" in text
+    assert "from the training years only" in text and "climatology come from the training years" not in text
+    assert "The baselines were persistence." in text and "linear regression" not in text
+    assert ("Forecasts at 72 h, lead times the model was not trained on, were made by extrapolating its lead-time "
+            "embedding") in text
+    demo_cfg["evaluate"]["baselines"] = []
+    assert "No baseline was scored" in methods.methods_text(demo_cfg, {}, tmp_path)
+
+
+def test_table_captions_give_the_units_of_each_variable(tmp_path):
+    rows = [{"model": "vit-p4", "variable": v, "lead_hours": 6, "rmse": 1.0, "acc": 0.9, "bias": 0.1,
+             "rmse_mean_per_time": 1.0, "n_times": 10} for v in ("t2m", "t_850", "z_500")]
+    pd.DataFrame(rows).to_csv(tmp_path / "metrics.csv", index=False)
+    tables.write_tables(tmp_path, tmp_path / "tables", [2018], climatology_years=[2013, 2014])
+    rmse = (tmp_path / "tables" / "rmse.tex").read_text()
+    assert "Units: t2m and t\\_850 in K; z\\_500 in m$^2$\\,s$^{-2}$." in rmse
+    assert "in K, m" not in rmse  # not one list of units for the whole table
+    assert "climatology of the years 2013, 2014" in (tmp_path / "tables" / "acc.tex").read_text()
+
+
+@pytest.mark.parametrize("remote, recorded", [
+    ("https://github.com/owner/seqvit.git", "https://github.com/owner/seqvit.git"),
+    ("https://user:s3cret@github.com/owner/seqvit.git", "https://github.com/owner/seqvit.git"),
+    ("https://ghp_token123@github.com/owner/seqvit.git", "https://github.com/owner/seqvit.git"),
+    ("https://gitlab.example.org/owner/seqvit.git?private_token=x", "https://gitlab.example.org/owner/seqvit.git"),
+    ("git@github.com:owner/seqvit.git", "git@github.com:owner/seqvit.git"),
+    ("ssh://git@gitlab.example.org:2222/owner/seqvit.git", "ssh://git@gitlab.example.org:2222/owner/seqvit.git"),
+    ("/home/someone/src/seqvit", None),
+    ("file:///home/someone/src/seqvit.git", None),
+    ("../seqvit", None),
+    ("", None),
+])
+def test_only_url_remotes_are_recorded(remote, recorded):
+    assert crate_mod.public_remote(remote) == recorded
+
+
+def test_git_state_leaves_out_a_local_remote(tmp_path):
+    import subprocess
+
+    def git(*args):
+        subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True)
+
+    git("init", "-q")
+    git("-c", "user.name=t", "-c", "user.email=t@example.org", "commit", "-q", "--allow-empty", "-m", "x")
+    git("remote", "add", "origin", str(tmp_path.parent / "elsewhere" / "seqvit"))
+    state = crate_mod.git_state(tmp_path)
+    assert state["commit"] and state["remote"] is None
+    git("remote", "set-url", "origin", "https://tok@github.com/owner/seqvit.git")
+    assert crate_mod.git_state(tmp_path)["remote"] == "https://github.com/owner/seqvit.git"
+
+
+def test_host_names_only_with_record_hosts(run, monkeypatch):
+    from seqvit import cli
+
+    workdir, cfg, config_path = run
+    monkeypatch.setattr(crate_mod.socket, "gethostname", lambda: HOST)
+    assert cli.main(["provenance", "--config", str(config_path), "--no-validate"]) == 0
+    out = workdir / "results" / "provenance"
+    for path in out.rglob("*"):
+        if path.is_file():
+            assert HOST not in path.read_text(errors="replace"), path
+    assert cli.main(["provenance", "--config", str(config_path), "--no-validate", "--record-hosts"]) == 0
+    assert json.loads((out / "environment.json").read_text())["hardware"]["host"] == HOST
+    graph = {e["@id"]: e for e in json.loads((out / "ro-crate-metadata.json").read_text())["@graph"]}
+    hosts = {}
+    for action in (e for e in graph.values() if e["@type"] == "CreateAction" and e["@id"].startswith("#job-")):
+        extra = {graph[p["@id"]]["name"]: graph[p["@id"]]["value"] for p in action.get("additionalProperty", [])}
+        hosts[action["instrument"]["@id"]] = extra.get("host")
+    assert hosts["#rule-stats"] == HOST and hosts["#rule-tokenize"] == HOST
+    assert hosts["#rule-train"] == "a Slurm node (job 4242; see sacct)"  # a batch job's node is not this machine

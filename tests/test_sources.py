@@ -215,10 +215,12 @@ def test_local_duplicates_and_gaps_are_errors_that_name_the_files(local_cfg, loc
 
 def test_snakemake_runs_the_download_jobs(local_cfg, tmp_path):
     """The download rule end to end: one job per file, the CLI it calls, its outputs."""
-    local_cfg["data"]["months"] = [1]
+    local_cfg["data"].update(months=[1], years=[2016, 2017, 2018])  # a valid experiment: three split years
+    local_cfg["splits"] = {"train": [2016], "val": [2017], "test": [2018]}
+    local_cfg["train"]["lead_hours"] = local_cfg["evaluate"]["lead_hours"] = [12]
     path = tmp_path / "local.yaml"
     path.write_text(yaml.safe_dump(local_cfg))
-    targets = [str(p) for p in Layout(local_cfg).raw_all()]
+    targets = [str(p) for p in Layout(local_cfg).raw_all() if p.parent.name == "2018"]  # the year on disk
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     proc = subprocess.run(
         [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--directory", str(tmp_path),

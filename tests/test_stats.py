@@ -17,6 +17,8 @@ from seqvit.data.stats import (
     triangular_window,
 )
 from seqvit.errors import SeqvitError
+from conftest import stamp_lineage
+from seqvit import lineage
 
 LAT = np.array([-67.5, -22.5, 22.5, 67.5])
 LON = np.arange(8) * 45.0
@@ -53,6 +55,7 @@ def write_year(root, year: int, values) -> list:
         path.parent.mkdir(parents=True, exist_ok=True)
         ds.to_netcdf(path)
         paths.append(path)
+    stamp_lineage(paths, lineage.regridded(make_cfg()))
     return paths
 
 

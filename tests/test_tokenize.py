@@ -8,6 +8,8 @@ from seqvit.data.grids import latitude_weights, named_grid
 from seqvit.data.loader import ForecastPairs
 from seqvit.data.tokenize import open_tokens, patchify, token_weights, tokenize, unpatchify
 from seqvit.errors import SeqvitError
+from conftest import stamp_lineage
+from seqvit import lineage
 
 
 def test_patchify_layout_and_inverse():
@@ -76,6 +78,8 @@ def _write_canonical(tmp_path, years, height=8, width=16):
     )
     stats_path = tmp_path / "stats.nc"
     stats.to_netcdf(stats_path)
+    stamp_lineage(paths, lineage.regridded(CFG))
+    stamp_lineage(stats_path, lineage.stats(CFG))
     return paths, stats_path
 
 

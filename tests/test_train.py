@@ -15,6 +15,8 @@ from seqvit.errors import SeqvitError
 from seqvit.train.checkpoint import StopRequest
 from seqvit.train.engine import lr_factor, train
 from seqvit.train.predict import predict
+from conftest import stamp_lineage
+from seqvit import lineage
 
 HEIGHT, WIDTH, P = 8, 16, 4
 CFG = {
@@ -67,6 +69,8 @@ def store(tmp_path_factory):
     xr.Dataset(
         {"mean": ("channel", [280.0, 250.0]), "std": ("channel", [7.0, 7.0])}, coords={"channel": ["t2m", "t_850"]}
     ).to_netcdf(stats_path)
+    stamp_lineage(paths, lineage.regridded(CFG))
+    stamp_lineage(stats_path, lineage.stats(CFG))
     tokens_path = root / "p4.zarr"
     tokenize(CFG, paths, stats_path, P, tokens_path)
     return tokens_path, stats_path
@@ -144,7 +148,7 @@ def test_resume_refuses_a_checkpoint_of_other_settings(store, tmp_path):
     train(CFG, tokens_path, run, P, progress=False, stop_at_step=4)
     changed = copy.deepcopy(CFG)
     changed["train"]["lr"] = 0.01
-    with pytest.raises(SeqvitError, match=r"run.json: the checkpoints .* were written with other settings \(train differ"):
+    with pytest.raises(SeqvitError, match=r"run.json: the checkpoints .* were written with other settings \(train\.lr: 0\.003 in the file, 0\.01 in the config\)"):
         train(changed, tokens_path, run, P, progress=False)
     harmless = copy.deepcopy(CFG)
     harmless["train"]["val_every"] = 4  # bookkeeping only: resuming is fine

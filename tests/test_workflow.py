@@ -75,7 +75,7 @@ def test_whole_workflow_runs_and_reruns_nothing(tiny):
     crate = json.loads((results / "provenance" / "ro-crate-metadata.json").read_text())
     actions = [e for e in crate["@graph"] if e["@type"] == "CreateAction" and e["@id"].startswith("#job-")]
     rules = {a["instrument"]["@id"].removeprefix("#rule-") for a in actions}
-    assert rules == {"synth", "regrid", "stats", "tokenize", "train", "predict", "baseline", "evaluate"}, rules
+    assert rules == {"synth", "regrid", "stats", "climatology", "tokenize", "train", "predict", "baseline", "evaluate"}, rules
     assert all(a.get("startTime") and a.get("endTime") for a in actions)
     assert (results / "provenance" / "methods.md").exists() and (results / "provenance" / "tables" / "rmse.tex").exists()
 

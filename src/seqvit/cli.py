@@ -50,7 +50,12 @@ def cmd_regrid(args):
     *inputs, output = args.files
     if not inputs:
         raise SeqvitError("regrid needs at least one input file and one output file: seqvit regrid IN.nc [IN.nc ...] OUT.nc")
-    regrid_files([Path(p) for p in inputs], Path(output), args.grid, args.method)
+    raw_lineage = None
+    if args.config:  # the workflow's call: refuse raw files of another source
+        from seqvit import lineage
+
+        raw_lineage = lineage.raw(_config(args))
+    regrid_files([Path(p) for p in inputs], Path(output), args.grid, args.method, raw_lineage=raw_lineage)
     print(f"wrote {output}")
 
 
@@ -60,8 +65,18 @@ def cmd_stats(args):
 
     cfg = _config(args)
     lay = Layout(cfg)
-    compute_stats(cfg, lay.regridded_all(), lay.stats, lay.climatology)
-    print(f"wrote {lay.stats} and {lay.climatology}")
+    compute_stats(cfg, lay.regridded_all(), stats_out=lay.stats)
+    print(f"wrote {lay.stats}")
+
+
+def cmd_climatology(args):
+    from seqvit.data.stats import compute_stats
+    from seqvit.layout import Layout
+
+    cfg = _config(args)
+    lay = Layout(cfg)
+    compute_stats(cfg, lay.regridded_all(), clim_out=lay.climatology)
+    print(f"wrote {lay.climatology}")
 
 
 def cmd_tokenize(args):
@@ -130,7 +145,8 @@ def cmd_provenance(args):
     cfg = _config(args)
     lay = Layout(cfg)
     out = build_provenance(
-        cfg, lay, [Path(p) for p in args.config], Path(args.snakemake_dir), validate=not args.no_validate
+        cfg, lay, [Path(p) for p in args.config], Path(args.snakemake_dir), validate=not args.no_validate,
+        record_hosts=args.record_hosts,
     )
     print(f"wrote {out}")
 
@@ -140,6 +156,10 @@ def cmd_paths(args):
     from seqvit.layout import Layout
 
     lay = Layout(_config(args))
+    if args.results:
+        print(lay.root)
+        return
+    print(lay.root)
     for name in lay.model_names() + lay.baseline_names():
         print(lay.prediction(name))
     print(lay.eval_dir / "metrics.csv")
@@ -183,11 +203,20 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
 
     p = stage("regrid", cmd_regrid, "regrid ERA5-layout netCDF to a named grid", config=False)
+    p.add_argument(
+        "--config", action="append", metavar="C",
+        help="YAML config: refuse raw files made by another source than its source section (the workflow passes it)",
+    )
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a dotted config key")
     p.add_argument("files", nargs="+", metavar="FILE", help="IN.nc [IN.nc ...] OUT.nc (inputs are concatenated in time)")
     p.add_argument("--grid", default="5.625deg", help="target grid: 5.625deg, 2.8125deg, 1.40625deg, 1deg, 0.25deg")
     p.add_argument("--method", default="conservative", choices=["conservative", "bilinear"])
 
-    stage("stats", cmd_stats, "training-years mean/std per channel and the day-of-year x hour climatology")
+    stage("stats", cmd_stats, "mean and standard deviation per channel over the training years (stats.nc)")
+    stage(
+        "climatology", cmd_climatology,
+        "smoothed day-of-year x hour-of-day climatology over stats.climatology_years (climatology.nc)",
+    )
 
     p = stage("tokenize", cmd_tokenize, "normalize and cut the fields into patch tokens (zarr)")
     p.add_argument("--patch-size", type=int, required=True, metavar="P")
@@ -220,7 +249,12 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument("--snakemake-dir", default=".snakemake", metavar="DIR", help="Snakemake's state folder (job records)")
     p.add_argument("--no-validate", action="store_true", help="skip the RO-Crate validator even when it is installed")
-    stage("paths", cmd_paths, "print the main output paths for a config")
+    p.add_argument(
+        "--record-hosts", action="store_true",
+        help="also record the host name of this machine and of each local job (default: no host names)",
+    )  # fmt: skip
+    p = stage("paths", cmd_paths, "print the results folder and the main output paths of a config")
+    p.add_argument("--results", action="store_true", help="print only the results folder (make report uses it)")
     return parser
 
 

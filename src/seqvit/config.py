@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import copy
-import logging
+import difflib
+import math
 from pathlib import Path
 
 import yaml
 
 from seqvit.errors import SeqvitError
 
-SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
+# Inside the package, so an installed seqvit validates too; the Snakefile validates against this file.
+SCHEMA = Path(__file__).resolve().parent / "schemas" / "config.schema.yaml"
 
 
 def load_configs(paths, overrides=()) -> dict:
@@ -19,7 +21,8 @@ def load_configs(paths, overrides=()) -> dict:
     for path in paths:
         cfg = _merge(cfg, _read(Path(path)))
     cfg = apply_overrides(cfg, overrides)
-    validate(cfg, source=", ".join(str(p) for p in paths))
+    source = ", ".join(str(p) for p in paths) + (f" with --set {', '.join(overrides)}" if overrides else "")
+    validate(cfg, source=source)
     return cfg
 
 
@@ -62,68 +65,190 @@ def apply_overrides(cfg: dict, overrides) -> dict:
             if depth == 0 and part not in node and part in _optional_sections():
                 node[part] = {}  # e.g. --set parallel.sp=2 on a config without a parallel section
             if not isinstance(node.get(part), dict):
-                raise SeqvitError(f"--set {item!r}: config has no section {part!r}")
+                known = [k for k, v in node.items() if isinstance(v, dict)]
+                known += sorted(_optional_sections()) if depth == 0 else []
+                close = difflib.get_close_matches(part, known, n=1)
+                hint = f"; did you mean {'.'.join(parts[:depth] + close)}?" if close else ""
+                raise SeqvitError(f"--set {item!r}: config has no section {part!r}{hint}")
             node = node[part]
-        node[parts[-1]] = yaml.safe_load(raw)
+        try:
+            node[parts[-1]] = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            raise SeqvitError(
+                f"--set {item!r}: the value is not valid YAML ({exc.problem}); write it as a quoted YAML string, "
+                f"e.g. --set '{key}=\"...\"'"
+            ) from exc
     return cfg
+
+
+def load_schema() -> dict:
+    """The configuration schema shipped inside the package (Snakemake validates against the same file)."""
+    return yaml.safe_load(SCHEMA.read_text())
 
 
 def _optional_sections() -> set[str]:
     """Top-level sections the schema knows (objects) that a config may leave out."""
-    if not SCHEMA.exists():
-        return set()
-    schema = yaml.safe_load(SCHEMA.read_text())
+    schema = load_schema()
     required = set(schema.get("required", []))
     return {k for k, v in schema.get("properties", {}).items() if v.get("type") == "object" and k not in required}
 
 
-def validate(cfg: dict, source: str = "config") -> None:
-    """Validate against workflow/schemas/config.schema.yaml (the schema Snakemake also uses)."""
-    import jsonschema
+def _default_setting_validator(schema: dict):
+    """A Draft 2020-12 validator that fills in schema defaults while validating.
 
-    if not SCHEMA.exists():  # an installed copy without the repository: Snakemake validates instead
-        logging.getLogger(__name__).warning("config schema %s not found; config not validated", SCHEMA)
-        return
-    schema = yaml.safe_load(SCHEMA.read_text())
-    validator = jsonschema.Draft202012Validator(schema)
-    errors = sorted(validator.iter_errors(cfg), key=lambda e: list(e.path))
+    The same rule as snakemake.utils.validate(set_default=True), so that the CLI and Snakemake
+    resolve a config identically: whenever `properties` is checked on an object, every property
+    with a `default` that the object lacks is set first (then validated like a given value).
+    Sections absent from the config get no defaults, in both.
+    """
+    import jsonschema
+    from jsonschema import validators
+
+    check_properties = jsonschema.Draft202012Validator.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, subschema):
+        if isinstance(instance, dict):
+            for name, prop in properties.items():
+                if isinstance(prop, dict) and "default" in prop:
+                    # a copy: Snakemake reloads the schema on every call, we must not share its lists
+                    instance.setdefault(name, copy.deepcopy(prop["default"]))
+        yield from check_properties(validator, properties, instance, subschema)
+
+    return validators.extend(jsonschema.Draft202012Validator, {"properties": set_defaults})(schema)
+
+
+def validate(cfg: dict, source: str = "config") -> dict:
+    """Validate against the package's schema, fill in its defaults (in place), check semantics.
+
+    Returns cfg. Errors are SeqvitError naming the source, the key and the fix.
+    """
+    schema = load_schema()
+    errors = list(_default_setting_validator(schema).iter_errors(cfg))
+    unknown = [e for e in errors if e.validator == "additionalProperties" and e.validator_value is False]
+    if unknown:
+        raise SeqvitError("\n".join(f"{source}: {line}" for e in unknown for line in _unknown_keys(e)))
     if errors:
-        first = errors[0]
+        first = min(errors, key=lambda e: [str(p) for p in e.path])
         key = ".".join(str(p) for p in first.path) or "(top level)"
         raise SeqvitError(f"{source}: config key {key}: {first.message}")
+    check_semantics(cfg, source)
+    return cfg
 
 
-def flatten_overrides(overrides: dict, prefix: str = "") -> list[str]:
-    """Turn a nested dict (Snakemake's `--config k=v` values) into `dotted.key=value` strings."""
-    items = []
-    for key, value in overrides.items():
-        dotted = f"{prefix}{key}"
-        if isinstance(value, dict):
-            items += flatten_overrides(value, f"{dotted}.")
-        else:
-            items.append(f"{dotted}={yaml.safe_dump(value, default_flow_style=True).strip().removesuffix('...').strip()}")
-    return items
+def check_workflow_config(config: dict, config_files) -> None:
+    """The Snakefile's check, before snakemake.utils.validate: the CLI's validation on a copy.
 
-
-def command_line_overrides(overwrite: dict, configfiles) -> dict:
-    """Snakemake's `--config` values: its overwrite_config less what the config files say.
-
-    Snakemake folds the contents of --configfile into overwrite_config; only entries that the
-    files do not already hold came from `--config` and must be handed on to the CLI.
+    Snakemake's own validation names neither a misspelt key nor its fix (it reports the required
+    key the typo left out, with a dump of the schema) and knows nothing of the semantic checks;
+    this gives the same one-line messages as every seqvit subcommand, and exits before any job.
     """
-    from_files: dict = {}
-    for path in configfiles:
-        from_files = _merge(from_files, _read(Path(path)))
+    source = ", ".join(str(p) for p in config_files) or "config"
+    try:
+        validate(copy.deepcopy(config), source)
+    except SeqvitError as exc:
+        # SystemExit: Snakemake prints the message alone (a WorkflowError adds a traceback)
+        raise SystemExit(f"Configuration error, nothing was run:\n{exc}") from None
 
-    def differ(new: dict, old: dict) -> dict:
-        out = {}
-        for key, value in new.items():
-            if isinstance(value, dict) and isinstance(old.get(key), dict):
-                sub = differ(value, old[key])
-                if sub:
-                    out[key] = sub
-            elif key not in old or old[key] != value:
-                out[key] = value
-        return out
 
-    return differ(overwrite or {}, from_files)
+def _unknown_keys(error) -> list[str]:
+    """One line per key the schema does not allow, with the closest valid key."""
+    prefix = "".join(f"{p}." for p in error.path)
+    valid = list(error.schema.get("properties", {}))
+    lines = []
+    for key in sorted(set(error.instance) - set(valid), key=str):
+        close = difflib.get_close_matches(str(key), valid, n=1)
+        hint = f"did you mean {prefix}{close[0]}?" if close else f"valid keys here: {', '.join(valid)}"
+        lines.append(f"config key {prefix}{key}: unknown; {hint}")
+    return lines
+
+
+# Characters a POSIX shell splits at or interprets: a path holding one breaks the rules' commands.
+_SHELL_UNSAFE = set(" \t\n\r\"'$`\\;&|<>()")
+
+
+def check_semantics(cfg: dict, source: str = "config") -> None:
+    """Errors the schema cannot express: overlapping or missing split years, lead times the data
+    cannot give, and a results folder the workflow's shell commands would break on. Run by
+    validate (the CLI and the Snakefile), so both refuse before any job runs.
+
+    Raises SeqvitError listing every problem, each with its key and the fix.
+    """
+    problems = []
+    splits = cfg.get("splits") or {}
+    data = cfg.get("data") or {}
+    years = set(data.get("years") or [])
+
+    # C: a year in two splits leaks the evaluation data into training or model selection.
+    names = ["train", "val", "test"]
+    for i, first in enumerate(names):
+        for second in names[i + 1 :]:
+            shared = sorted(set(splits.get(first) or []) & set(splits.get(second) or []))
+            if shared:
+                problems.append(
+                    f"config keys splits.{first} and splits.{second}: year(s) {shared} are in both; "
+                    "each year belongs to one split, remove them from one of the two"
+                )
+    clim = (cfg.get("stats") or {}).get("climatology_years")
+    if clim:
+        held_out = sorted(set(clim) & (set(splits.get("val") or []) | set(splits.get("test") or [])))
+        if held_out:
+            problems.append(
+                f"config key stats.climatology_years: year(s) {held_out} are validation or test years "
+                "(splits.val, splits.test); use training years or years before them"
+            )
+
+    # D: every year a split or the climatology uses must be fetched.
+    if years:
+        keyed = [(f"splits.{n}", splits.get(n) or []) for n in names] + [("stats.climatology_years", clim or [])]
+        for key, wanted in keyed:
+            outside = sorted(set(wanted) - years)
+            if outside:
+                problems.append(
+                    f"config key {key}: year(s) {outside} are not in data.years {sorted(years)}; "
+                    f"add them to data.years or remove them from {key}"
+                )
+
+    # D: a lead must lead from a stored time to a stored time.
+    hours = sorted(set(data.get("hours") or []))
+    if hours:
+        gaps = [b - a for a, b in zip(hours, hours[1:])] + [24 - hours[-1] + hours[0]]
+        step = math.gcd(*gaps)
+        for section in ("train", "evaluate"):
+            leads = [int(h) for h in (cfg.get(section) or {}).get("lead_hours") or []]
+            bad = [h for h in leads if h % step]
+            if bad:
+                problems.append(
+                    f"config key {section}.lead_hours: {bad} h are not multiples of {step} h, the spacing of "
+                    f"data.hours {hours}; use multiples of {step} h or add the hours in between to data.hours"
+                )
+            elif leads and not any(all((h + lead) % 24 in hours for lead in leads) for h in hours):
+                problems.append(
+                    f"config key {section}.lead_hours: no hour of data.hours {hours} has stored times at every "
+                    f"lead {leads} h later; choose leads that data.hours allows or make data.hours evenly spaced"
+                )
+
+    # D: the ViT is trained on train.lead_hours; other leads are extrapolation, allowed only on request.
+    train_leads = set((cfg.get("train") or {}).get("lead_hours") or [])
+    evaluate = cfg.get("evaluate") or {}
+    untrained = sorted(set(evaluate.get("lead_hours") or []) - train_leads)
+    if train_leads and untrained and not evaluate.get("extrapolate_leads", False):
+        problems.append(
+            f"config key evaluate.lead_hours: {untrained} h are not in train.lead_hours {sorted(train_leads)}; "
+            "add them to train.lead_hours, remove them from evaluate.lead_hours, or set "
+            "evaluate.extrapolate_leads: true to score the ViT on leads it was not trained on"
+        )
+
+    # E: the results folder reaches shell commands (srun lines, logs) and other tools' command
+    # lines; config file paths never do (rules read the resolved config under the results folder).
+    paths = [("config key results", cfg.get("results"))]
+    for what, path in paths:
+        unsafe = sorted(set(str(path or "")) & _SHELL_UNSAFE)
+        if unsafe:
+            problems.append(
+                f"{what} {str(path)!r}: contains {', '.join(repr(c) for c in unsafe)}, which the workflow's "
+                "shell commands would split or interpret; use a path without spaces or shell characters "
+                "(a symbolic link without them to the same place works)"
+            )
+
+    if problems:
+        raise SeqvitError("\n".join(f"{source}: {p}" for p in problems))

@@ -10,7 +10,8 @@ GROUPS = {"single-levels": "single_level", "pressure-levels": "pressure_level"}
 class Layout:
     def __init__(self, cfg: dict):
         self.cfg = cfg
-        self.root = Path(cfg.get("results", "results"))
+        # Each experiment has a folder of its own unless the config names one (config key results).
+        self.root = Path(cfg.get("results") or Path("results") / cfg["experiment"])
 
     # data
     def groups(self) -> list[str]:
@@ -50,9 +51,6 @@ class Layout:
             return [self.raw(group, year, month) for month in self.months()]
         self.raw_requests()
         return [request.path(self.raw_dir) for request in self._requests_by_year.get((group, int(year)), [])]
-
-    def raw_manifest(self, request_id: str) -> Path:
-        return self.raw_requests()[request_id].manifest_path(self.raw_dir)
 
     def raw_all(self) -> list[Path]:
         return [p for g in self.groups() for y in self.years() for p in self.raw_year(g, y)]

@@ -1,8 +1,9 @@
 # Shared by every rule: where files live, and the arguments that hand the config to the CLI.
-import shlex
+import yaml
 
-from seqvit.config import command_line_overrides, flatten_overrides
+from seqvit.io import atomic_path
 from seqvit.layout import Layout
+from seqvit.lineage import TRAIN_REPORTING_KEYS
 from seqvit.provenance.code import source_hash
 from seqvit.train.slurm import (
     describe_sbatch,
@@ -13,27 +14,29 @@ from seqvit.train.slurm import (
 
 LAYOUT = Layout(config)
 RESULTS = str(LAYOUT.root)
-COMMAND_LINE_OVERRIDES = command_line_overrides(
-    workflow.config_settings.overwrite_config, workflow.configfiles
-)
 
 
-def config_args(*sections):
-    """The CLI's --config/--set arguments for a rule that uses `sections` of the config.
+def resolved_config_file():
+    """The config Snakemake resolved (files merged, --config applied, schema defaults filled),
+    written to <results>/resolved-config.yaml; every rule's command reads it (params.config).
 
-    The CLI reads the same files Snakemake merged. Of Snakemake's own --config overrides only
-    those of the rule's sections are passed on, so an override reruns just the rules using it.
+    That path does not depend on where the config files live, what they are called or how many
+    overlays there are, so none of that reruns anything: each rule's other params hold the
+    config sections it uses, and a rule reruns exactly when one of those changes.
     """
-    files = [f"--config {shlex.quote(str(path))}" for path in workflow.configfiles]
-    overrides = COMMAND_LINE_OVERRIDES
-    wanted = {
-        key: overrides[key]
-        for key in ("results", "experiment", *sections)
-        if key in overrides
-    }
-    return " ".join(
-        files + [f"--set {shlex.quote(item)}" for item in flatten_overrides(wanted)]
-    )
+    text = yaml.safe_dump(config, sort_keys=True)
+    path = LAYOUT.root / "resolved-config.yaml"
+    if not path.exists() or path.read_text() != text:
+        with atomic_path(path) as tmp:
+            tmp.write_text(text)
+    return str(path)
+
+
+CONFIG = resolved_config_file()
+# Train keys that change neither the weights nor what is evaluated: no retraining for them.
+TRAIN_SETTINGS = {
+    k: v for k, v in config["train"].items() if k not in TRAIN_REPORTING_KEYS
+}
 
 
 def run_args(patch_size):
@@ -65,3 +68,12 @@ for _key in (
 ):
     if any(_key in train_resources(config, p) for p in LAYOUT.patch_sizes()):
         TRAIN_RESOURCES[_key] = _train_resource(_key, "")
+
+# A Slurm profile's account taken from an unset variable (profiles/frontier: $SEQVIT_SLURM_ACCOUNT)
+# would reach sbatch as literal text; only Slurm profiles set slurm_account. Stop before submitting.
+from seqvit.train.slurm import check_slurm_account
+
+_defaults = workflow.resource_settings.default_resources or {}
+if "slurm_account" in _defaults:
+    _account = _defaults["slurm_account"]
+    check_slurm_account(getattr(_account, "raw", _account))  # raw: the text, unexpanded

@@ -15,14 +15,14 @@ if config["source"]["kind"] == "synthetic":
             mem_mb=2000,
             runtime=30,
         params:
-            config=config_args("source", "data"),
+            config=CONFIG,
             source=config["source"],
             data=config["data"],
             code=source_hash("data/synthetic"),
         message:
             "Generating the embedded ERA5-like source (CDS netCDF layout)"
         shell:
-            "seqvit synth {params.config} --quiet > {log} 2>&1"
+            "seqvit synth --config {params.config:q} --quiet > {log:q} 2>&1"
 
 else:
     # One job per request file (seqvit download --config C --plan lists them). Downloads run on
@@ -57,14 +57,14 @@ else:
             mem_mb=2000,
             runtime=24 * 60,
         params:
-            config=config_args(),
+            config=CONFIG,
             request=lambda wc: LAYOUT.raw_requests()[
                 f"{wc.group}/{wc.year}/{wc.part}"
             ].to_json(),
         message:
             "Fetching raw ERA5 {wildcards.group}/{wildcards.year}/{wildcards.part}"
         shell:
-            "seqvit download {params.config} --request {wildcards.group}/{wildcards.year}/{wildcards.part} > {log} 2>&1"
+            "seqvit download --config {params.config:q} --request {wildcards.group}/{wildcards.year}/{wildcards.part} > {log:q} 2>&1"
 
 
 rule regrid:
@@ -85,25 +85,25 @@ rule regrid:
         mem_mb=3000,
         runtime=60,
     params:
+        config=CONFIG,
         grid=config["grid"],
         method=config.get("regrid", {}).get("method", "conservative"),
-        code=source_hash("data/regrid", "data/era5", "data/grids"),
+        code=source_hash("data/regrid", "data/era5", "data/grids", "lineage"),
     message:
         "Regridding {wildcards.group} {wildcards.year} to {params.grid} ({params.method})"
     shell:
-        "seqvit regrid {input} {output} --grid {params.grid} --method {params.method} > {log} 2>&1"
+        "seqvit regrid --config {params.config:q} {input:q} {output:q} --grid {params.grid} --method {params.method} > {log:q} 2>&1"
 
 
 rule stats:
     input:
         LAYOUT.regridded_all(),
     output:
-        stats=report(
+        report(
             LAYOUT.stats,
             caption="../report/stats.rst",
             category="2. Data",
         ),
-        climatology=LAYOUT.climatology,
     log:
         f"{RESULTS}/logs/stats.log",
     benchmark:
@@ -114,12 +114,38 @@ rule stats:
         mem_mb=4000,
         runtime=30,
     params:
-        config=config_args("data", "splits", "stats"),
+        config=CONFIG,
+        data=config["data"],
+        train_years=config["splits"]["train"],
+        code=source_hash("data/stats", "data/fields", "lineage"),
+    message:
+        "Mean and standard deviation per channel over the training years"
+    shell:
+        "seqvit stats --config {params.config:q} > {log:q} 2>&1"
+
+
+# Its own job: changing the climatology years reruns the baselines and the scores, not the models.
+rule climatology:
+    input:
+        LAYOUT.regridded_all(),
+    output:
+        LAYOUT.climatology,
+    log:
+        f"{RESULTS}/logs/climatology.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/climatology.tsv"
+    conda:
+        "../../envs/seqvit.yaml"
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    params:
+        config=CONFIG,
         data=config["data"],
         splits=config["splits"],
         stats=config.get("stats", {}),
-        code=source_hash("data/stats", "data/fields"),
+        code=source_hash("data/stats", "data/fields", "lineage"),
     message:
-        "Statistics and climatology over the training years"
+        "Smoothed day-of-year x hour climatology"
     shell:
-        "seqvit stats {params.config} > {log} 2>&1"
+        "seqvit climatology --config {params.config:q} > {log:q} 2>&1"

@@ -20,16 +20,16 @@ rule baseline:
         mem_mb=6000,
         runtime=30,
     params:
-        config=config_args("evaluate", "splits"),
+        config=CONFIG,
         evaluate=config["evaluate"],
         splits=config["splits"],
         code=source_hash(
-            "evaluate/baselines", "data/fields", "data/stats", "data/grids"
+            "lineage", "evaluate/baselines", "data/fields", "data/stats", "data/grids"
         ),
     message:
         "Forecasting the test years with the {wildcards.name} baseline"
     shell:
-        "seqvit baseline {params.config} --name {wildcards.name} > {log} 2>&1"
+        "seqvit baseline --config {params.config:q} --name {wildcards.name} > {log:q} 2>&1"
 
 
 rule evaluate:
@@ -96,10 +96,14 @@ rule evaluate:
         mem_mb=4000,
         runtime=30,
     params:
-        config=config_args("evaluate"),
+        config=CONFIG,
         evaluate=config["evaluate"],
-        code=source_hash("evaluate", "data/fields", "data/stats", "data/grids"),
+        # the `run` column of metrics.csv
+        experiment=config["experiment"],
+        code=source_hash(
+            "lineage", "evaluate", "data/fields", "data/stats", "data/grids"
+        ),
     message:
         "Scoring every model and baseline on the test years"
     shell:
-        "seqvit evaluate {params.config} > {log} 2>&1"
+        "seqvit evaluate --config {params.config:q} > {log:q} 2>&1"

@@ -37,9 +37,11 @@ rule provenance:
         mem_mb=2000,
         runtime=30,
     params:
-        config=config_args(*config),  # it records the whole configuration
+        config=CONFIG,
+        # it records the whole configuration (but not where the results folder is)
+        settings={k: v for k, v in config.items() if k != "results"},
         code=source_hash("provenance"),
     message:
         "Writing the provenance bundle (RO-Crate, methods.md, LaTeX tables)"
     shell:
-        "seqvit provenance {params.config} > {log} 2>&1"
+        "seqvit provenance --config {params.config:q} > {log:q} 2>&1"

@@ -19,12 +19,12 @@ rule tokenize:
         mem_mb=4000,
         runtime=30,
     params:
-        config=config_args("data"),
+        config=CONFIG,
         channels=config["data"],
         # token chunks per sample: a sequence-parallel rank reads only its segment
         sp_segments=config["tokenize"].get("sp_segments", 8),
-        code=source_hash("data/tokenize", "data/fields", "data/stats"),
+        code=source_hash("data/tokenize", "data/fields", "data/stats", "lineage"),
     message:
         "Cutting normalized fields into {wildcards.p} x {wildcards.p} patch tokens"
     shell:
-        "seqvit tokenize {params.config} --set tokenize.sp_segments={params.sp_segments} --patch-size {wildcards.p} > {log} 2>&1"
+        "seqvit tokenize --config {params.config:q} --patch-size {wildcards.p} > {log:q} 2>&1"

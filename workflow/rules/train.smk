@@ -25,16 +25,21 @@ rule train:
         # nodes, tasks, partition, QoS and walltime follow parallel.* and cluster.* of the config
         **TRAIN_RESOURCES,
     params:
-        config=config_args("train", "model", "splits", "parallel", "cluster"),
+        config=CONFIG,
         seqvit=lambda wc: seqvit_command(config, int(wc.p)),
         run=lambda wc: run_args(int(wc.p)),
         sbatch=lambda wc: describe_sbatch(train_resources(config, int(wc.p))),
         model=config["model"],
         parallel=config.get("parallel", {}),
         cluster=config.get("cluster", {}),
-        train=config["train"],
+        train=TRAIN_SETTINGS,
         splits=config["splits"],
         code=source_hash(
+            "lineage",
+            "data/tokenize",
+            "data/fields",
+            "data/grids",
+            "data/stats",
             "model",
             "train/engine",
             "train/checkpoint",
@@ -46,7 +51,7 @@ rule train:
     message:
         "Training the ViT on {wildcards.p} x {wildcards.p} patches (on Slurm: {params.sbatch})"
     shell:
-        "{params.seqvit} train {params.config} {params.run} --patch-size {wildcards.p} --quiet --restart-if-changed > {log} 2>&1"
+        "{params.seqvit} train --config {params.config:q} {params.run} --patch-size {wildcards.p} --quiet --restart-if-changed > {log:q} 2>&1"
 
 
 rule predict:
@@ -68,11 +73,19 @@ rule predict:
         mem_mb=4000,
         runtime=30,
     params:
-        config=config_args("evaluate", "splits"),
+        config=CONFIG,
         evaluate=config["evaluate"],
         splits=config["splits"],
-        code=source_hash("model", "train/predict", "parallel", "data/stats"),
+        code=source_hash(
+            "lineage",
+            "model",
+            "train/predict",
+            "parallel",
+            "data/stats",
+            "data/loader",
+            "data/tokenize",
+        ),
     message:
         "Forecasting the test years with the ViT (p={wildcards.p})"
     shell:
-        "seqvit predict {params.config} --patch-size {wildcards.p} > {log} 2>&1"
+        "seqvit predict --config {params.config:q} --patch-size {wildcards.p} > {log:q} 2>&1"

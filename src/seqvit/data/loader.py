@@ -13,10 +13,14 @@ memory once (ForecastPairs).
 
 from __future__ import annotations
 
+import atexit
+import ctypes
 import json
 import multiprocessing
 import os
 import signal
+import sys
+import weakref
 from multiprocessing import forkserver, resource_tracker
 from collections import OrderedDict
 from pathlib import Path
@@ -32,6 +36,43 @@ from seqvit.errors import SeqvitError
 
 
 _SLURM_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+# Set only while a training process starts its fork server: the server finds its trainer's pid here.
+_TRAINER_ENV = "SEQVIT_LOADER_TRAINER"
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+# In a fork server bound to its training process (and in the workers forked from it): the server's pid.
+_bound_server: int | None = None
+
+
+def _die_with_parent() -> bool:
+    """Have the kernel SIGKILL this process when its parent ends (Linux; False elsewhere).
+
+    SIGKILL because the loader's helpers ignore SIGTERM on purpose (_worker_context). Without this
+    they outlive a killed training process: a worker's parent is the fork server, which stays up as
+    long as a worker holds its pipe, and the worker only watches that server.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def _bind_to_trainer() -> None:
+    """In a fork server that a training process started (it imports this module first): end with it.
+
+    Should the trainer end before prctl takes effect, the server still ends: with no worker yet, its
+    "alive" pipe then has no writer left.
+    """
+    global _bound_server
+    trainer = os.environ.pop(_TRAINER_ENV, None)  # popped: the workers forked from here must not see it
+    if trainer is None or str(os.getppid()) != trainer:  # not a fork server a trainer has just started
+        return
+    if _die_with_parent():
+        _bound_server = os.getpid()
+
+
+_bind_to_trainer()
 
 
 class SplitIndex:
@@ -386,16 +427,59 @@ def _steps_per_item(batches: SegmentBatches) -> int:
     return int(min(_MAX_GROUP, max(1, _ITEM_BYTES // max(batch_bytes, 1))))
 
 
+# Step loaders whose workers may still run; closed at exit (_close_open_loaders).
+_OPEN_LOADERS: weakref.WeakSet = weakref.WeakSet()
+
+
 class _Ungrouped:
-    """Iterates a DataLoader of step groups one step at a time."""
+    """Iterates a DataLoader of step groups one step at a time; close() stops its workers."""
 
     def __init__(self, loader):
         self.loader = loader
+        self._steps = None  # the iteration under way
+        self._workers = []
 
     def __iter__(self):
-        for x, hours, y in self.loader:
-            for i in range(x.shape[0]):
-                yield x[i], hours[i], y[i]
+        self.close()
+        self._steps = self._iterate()
+        return self._steps
+
+    def _iterate(self):
+        before = set(multiprocessing.active_children())
+        iterator = iter(self.loader)  # starts the workers
+        self._workers = [p for p in multiprocessing.active_children() if p not in before]
+        _OPEN_LOADERS.add(self)
+        try:
+            for x, hours, y in iterator:
+                for i in range(x.shape[0]):
+                    yield x[i], hours[i], y[i]
+        finally:
+            del iterator  # torch stops its workers in order when the last reference goes
+            self._stop_workers()
+
+    def close(self) -> None:
+        """Stop the workers now, also mid-iteration (after an error in training, or in a worker)."""
+        steps, self._steps = self._steps, None
+        if steps is not None:
+            steps.close()
+        self._stop_workers()
+
+    def _stop_workers(self) -> None:
+        # Those still alive here belong to a torch iterator that an exception's traceback keeps: torch
+        # would leave them to multiprocessing's SIGTERM at exit, which they ignore (_worker_context),
+        # and the process would never end.
+        workers, self._workers = self._workers, []
+        _OPEN_LOADERS.discard(self)
+        for worker in workers:
+            if worker.is_alive():
+                worker.kill()  # it only reads: nothing to lose
+            worker.join(5)
+
+
+@atexit.register  # registered after torch's and multiprocessing's exit handlers, so it runs before them
+def _close_open_loaders() -> None:
+    for loader in list(_OPEN_LOADERS):
+        loader.close()
 
 
 def _worker_init(_worker_id: int) -> None:
@@ -405,6 +489,9 @@ def _worker_init(_worker_id: int) -> None:
     # the whole step while the training process is still writing its checkpoint (see _worker_context).
     for sig in _SLURM_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
+    # Our parent is the fork server, which ends with the training process (_bind_to_trainer): end with it.
+    if _bound_server is not None and _die_with_parent() and os.getppid() != _bound_server:
+        os._exit(0)  # the server ended before prctl took effect
 
 
 def _worker_context():
@@ -417,8 +504,13 @@ def _worker_context():
     Slurm signals every process of a job step (USR1 before the walltime, TERM at the end). The
     training process catches both and checkpoints; the server, its workers and multiprocessing's
     resource tracker must not die under it meanwhile. Both helpers are started here with the two
-    signals ignored, which they keep across exec, and workers ignore them too (_worker_init);
-    all still end with training (their pipes to the training process close, or it stops them).
+    signals ignored, which they keep across exec, and workers ignore them too (_worker_init).
+
+    All still end with training, however it ends: the step loader stops its workers when the
+    iteration ends or fails (_Ungrouped.close, also at exit); if the training process is killed,
+    the kernel kills the server (a parent-death signal it sets up when it imports this module,
+    told its trainer by _TRAINER_ENV) and the server's death its workers (_worker_init); the
+    resource tracker ends when the last of them has closed its pipe.
     """
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload([__name__])
@@ -428,7 +520,12 @@ def _worker_context():
         return context
     try:
         resource_tracker.ensure_running()
-        forkserver.ensure_running()
+        # Only from the main thread: a parent-death signal fires when the thread that started the server ends.
+        os.environ[_TRAINER_ENV] = str(os.getpid())
+        try:
+            forkserver.ensure_running()
+        finally:
+            os.environ.pop(_TRAINER_ENV, None)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

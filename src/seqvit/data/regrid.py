@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from seqvit import lineage
 from seqvit.data import era5
 from seqvit.data.grids import Grid, lat_bounds, lon_bounds, named_grid
 from seqvit.errors import SeqvitError
@@ -495,12 +496,15 @@ class _Piece:
     offset: int
 
 
-def regrid_files(inputs, output, grid_name: str, method: str) -> None:
+def regrid_files(inputs, output, grid_name: str, method: str, raw_lineage: dict | None = None) -> None:
     """Regrid CDS-layout files (months of one variable group) into one canonical CF netCDF file.
 
     Streams over time chunks: only one chunk of source data is in memory at a time. The result
     is what ``regrid(era5.open_raw(inputs), named_grid(grid_name), method)`` gives, written as
     compressed netCDF4.
+
+    raw_lineage: refuse inputs that record another source (seqvit.lineage). The output records
+    the inputs' lineage with the grid and method, when every input records the same one.
     """
     check_method(method)
     grid = named_grid(grid_name)
@@ -508,6 +512,14 @@ def regrid_files(inputs, output, grid_name: str, method: str) -> None:
     if not paths:
         raise SeqvitError("regrid: no input files given")
     output = Path(output)
+    found = [lineage.of_raw(path) if path.exists() else None for path in paths]
+    if raw_lineage is not None:
+        for path, made_by in zip(paths, found):
+            if path.exists():
+                lineage.check(path, made_by, raw_lineage, "raw file")
+    made_by = None
+    if found[0] is not None and all(f == found[0] for f in found):
+        made_by = lineage.dumps({**found[0], "grid": grid_name, "regrid_method": method})
 
     sources: list[_Source] = []
     try:
@@ -561,6 +573,8 @@ def regrid_files(inputs, output, grid_name: str, method: str) -> None:
         with atomic_path(output) as tmp:
             with netCDF4.Dataset(tmp, "w", format="NETCDF4") as nc, ThreadPoolExecutor(max_workers=1) as pool:
                 _define_output(nc, first.canonical, variables, grid, times, block, method, len(paths))
+                if made_by is not None:
+                    nc.setncattr(lineage.ATTR, made_by)
                 block_values: dict[tuple[int, str], np.ndarray] = {}
 
                 def store(i: int, piece: _Piece, result) -> None:
@@ -593,7 +607,7 @@ def regrid_files(inputs, output, grid_name: str, method: str) -> None:
 
 
 def _define_output(nc, first: xr.Dataset, variables, grid: Grid, times, disk_chunk: int, method: str, n_files: int):
-    nc.setncatts({k: v for k, v in first.attrs.items() if k not in ("history", "_NCProperties")})
+    nc.setncatts({k: v for k, v in first.attrs.items() if k not in ("history", "_NCProperties", lineage.ATTR)})
     nc.setncattr("Conventions", "CF-1.8")
     # CF history: newest line first (as CDO and NCO write it), then the input's own history.
     history = f"seqvit regrid --grid {grid.name} --method {method} from {n_files} files"

@@ -28,6 +28,7 @@ import xarray as xr
 from seqvit.data.fields import channel_names, open_channels
 from seqvit.errors import SeqvitError
 from seqvit.io import atomic_path
+from seqvit import lineage
 
 DAYS_OF_YEAR = 366
 WINDOW_DAYS = 61  # WeatherBench2's climatology window
@@ -174,9 +175,18 @@ def climatology_years(cfg: dict) -> list[int]:
     return years
 
 
-def compute_stats(cfg: dict, regridded_paths, stats_out, clim_out) -> None:
-    """Write stats.nc (mean, std per channel) and climatology.nc from the training years."""
+def compute_stats(cfg: dict, regridded_paths, stats_out=None, clim_out=None) -> None:
+    """Write stats.nc (mean, std per channel over the training years) and/or climatology.nc
+    (over stats.climatology_years); each reads only the years it needs.
+
+    Two outputs, two Snakemake jobs: a change of the climatology years must not renormalize the
+    tokens and retrain every model.
+    """
+    if stats_out is None and clim_out is None:
+        raise SeqvitError("compute_stats: nothing to write; give stats_out, clim_out or both")
     channels = channel_names(cfg)
+    for path in regridded_paths:
+        lineage.check_netcdf(path, lineage.regridded(cfg), "regridded file")
     hours = cfg["data"].get("hours")
     if not hours:
         raise SeqvitError("config key data.hours is missing; list the hours of day of the data, e.g. [0, 6, 12, 18]")
@@ -199,7 +209,7 @@ def compute_stats(cfg: dict, regridded_paths, stats_out, clim_out) -> None:
             f"config key stats.climatology_years = {clim_years}: no data for {missing}; the regridded files hold "
             f"the years {found}; regrid those years (list them in data.years) or change stats.climatology_years"
         )
-    wanted = sorted(set(train_years) | set(clim_years))
+    wanted = sorted((set(train_years) if stats_out else set()) | (set(clim_years) if clim_out else set()))
 
     moments = _Moments(len(channels))
     climatology = None
@@ -223,24 +233,35 @@ def compute_stats(cfg: dict, regridded_paths, stats_out, clim_out) -> None:
         step = max(1, _CHUNK_BYTES // max(values[:1].nbytes, 1))
         for start in range(0, len(times), step):
             chunk = values[start : start + step]
-            if year in train_years:
+            if stats_out and year in train_years:
                 moments.update(chunk)
-            if year in clim_years:
+            if clim_out and year in clim_years:
                 climatology.update(times[start : start + step], chunk)
 
-    if moments.count == 0:
-        raise SeqvitError(f"config key splits.train = {train_years}: no time steps of those years in the regridded files (found {found})")
-    if np.any(moments.std == 0):
-        flat = [c for c, s in zip(channels, moments.std) if s == 0]
-        raise SeqvitError(f"channels {flat} are constant over the training years; normalizing them would divide by zero")
+    if stats_out:
+        _write_stats(cfg, moments, channels, units, train_years, clim_years, found, stats_out)
+    if clim_out:
+        _write_climatology(cfg, climatology, grid, channels, units, train_years, clim_years, clim_out)
 
+
+def _channel_coords(channels, units) -> tuple[dict, dict]:
     channel_units = _channel_units(channels, units)
     same_units = {"units": channel_units[0]} if len(set(channel_units)) == 1 and channel_units[0] else {}
     channel_coords = {
         "channel": ("channel", np.array(channels, dtype=object), {"long_name": "variable, or variable_level (hPa)"}),
         "channel_units": ("channel", np.array(channel_units, dtype=object), {"long_name": "units of each channel"}),
     }
-    attrs = {"Conventions": "CF-1.8", "train_years": train_years, "climatology_years": clim_years}
+    return channel_coords, same_units
+
+
+def _write_stats(cfg, moments, channels, units, train_years, clim_years, found, stats_out) -> None:
+    if moments.count == 0:
+        raise SeqvitError(f"config key splits.train = {train_years}: no time steps of those years in the regridded files (found {found})")
+    if np.any(moments.std == 0):
+        flat = [c for c, s in zip(channels, moments.std) if s == 0]
+        raise SeqvitError(f"channels {flat} are constant over the training years; normalizing them would divide by zero")
+    channel_coords, same_units = _channel_coords(channels, units)
+    attrs = {"Conventions": "CF-1.8", "train_years": train_years, lineage.ATTR: lineage.dumps(lineage.stats(cfg))}
     stats = xr.Dataset(
         {
             "mean": ("channel", moments.mean, {"long_name": "mean over the training years and all grid points", **same_units}),
@@ -256,6 +277,11 @@ def compute_stats(cfg: dict, regridded_paths, stats_out, clim_out) -> None:
     with atomic_path(stats_out) as tmp:
         stats.to_netcdf(tmp, format="NETCDF4")
 
+
+def _write_climatology(cfg, climatology, grid, channels, units, train_years, clim_years, clim_out) -> None:
+    channel_coords, same_units = _channel_coords(channels, units)
+    attrs = {"Conventions": "CF-1.8", "train_years": train_years, "climatology_years": clim_years,
+             lineage.ATTR: lineage.dumps(lineage.climatology(cfg))}
     lat, lon = grid
     clim = xr.Dataset(
         {

@@ -43,6 +43,7 @@ import numpy as np
 import scipy.fft as sfft
 import xarray as xr
 
+from seqvit import lineage
 from seqvit.errors import SeqvitError
 from seqvit.io import atomic_path
 
@@ -900,6 +901,7 @@ def synthesize(cfg: dict, raw_dir: str | Path, progress: bool = True) -> list[Pa
     """
     settings = settings_from_config(cfg)
     raw_dir = Path(raw_dir)
+    made_by = lineage.dumps(lineage.raw(cfg))
     groups = _groups(settings)
     group_variables = {"single-levels": settings.single_level, "pressure-levels": settings.pressure_level}
     written: dict[tuple[str, int, int], Path] = {}
@@ -911,7 +913,9 @@ def synthesize(cfg: dict, raw_dir: str | Path, progress: bool = True) -> list[Pa
                 for name in group_variables[group]
             }
             path = raw_dir / group / str(year) / f"{month:02d}.nc"
-            _write_month(path, _dataset(group, times, arrays, settings))
+            ds = _dataset(group, times, arrays, settings)
+            ds.attrs[lineage.ATTR] = made_by
+            _write_month(path, ds)
             written[(group, year, month)] = path
 
     current = None

@@ -12,6 +12,7 @@ chunks of exactly the samples it needs, from a store of few files.
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ import torch
 import xarray as xr
 import zarr
 
+from seqvit import lineage
 from seqvit.data import fields
 from seqvit.data.grids import latitude_weights
 from seqvit.data.stats import channel_stats
@@ -30,6 +32,8 @@ TIME_SHARD = 64
 # Default of tokenize.sp_segments: token segments per sample, the largest sequence-parallel
 # degree that reads exactly its own bytes (any divisor of it does too).
 SP_SEGMENTS = 8
+# Store attribute: a new random id each time a store is written.
+STORE_ID = "seqvit_store_id"
 
 
 def check_patch_size(grid_shape, patch_size: int) -> None:
@@ -105,7 +109,15 @@ def token_chunk(num_tokens: int, segments: int) -> int:
 
 def tokenize(cfg: dict, regridded_paths, stats_path, patch_size: int, out_zarr) -> None:
     """Regridded netCDF files -> normalized tokens zarr store (contract format 5)."""
+    regridded_paths = [Path(p) for p in regridded_paths]
+    missing = [str(p) for p in regridded_paths if not p.exists()]
+    if not regridded_paths or missing:
+        shown = f"{len(missing)} of {len(regridded_paths)}, e.g. {missing[0]}" if missing else "none given"
+        raise SeqvitError(f"tokenize: regridded files missing ({shown}); run the regrid stage first")
     channels = fields.channel_names(cfg)
+    for path in regridded_paths:
+        lineage.check_netcdf(path, lineage.regridded(cfg), "regridded file")
+    lineage.check_netcdf(stats_path, lineage.stats(cfg), "statistics file")
     data = fields.open_channels(regridded_paths, channels)
     grid_shape = (data.sizes["latitude"], data.sizes["longitude"])
     check_patch_size(grid_shape, patch_size)
@@ -129,6 +141,9 @@ def tokenize(cfg: dict, regridded_paths, stats_path, patch_size: int, out_zarr) 
     )
     segments = sp_segments(cfg)
     store.attrs["sp_segments"] = segments
+    store.attrs[lineage.ATTR] = lineage.dumps(lineage.tokens(cfg, patch_size))
+    # Tells a checkpoint or a model which store, not only which settings, it was trained on.
+    store.attrs[STORE_ID] = uuid.uuid4().hex
     chunk = token_chunk(n_token, segments)
     encoding = {
         "tokens": {
@@ -150,6 +165,13 @@ def check_tokens_store(path) -> None:
         raise SeqvitError(f"{path}: tokens store not found; run `seqvit tokenize` first")
     if not any((path / "tokens" / name).exists() for name in ("zarr.json", ".zarray")):
         raise SeqvitError(f"{path}: not a tokens store (no `tokens` array); rerun `seqvit tokenize`")
+
+
+def store_identity(path) -> tuple[dict | None, str | None]:
+    """(lineage, store id) of a tokens store."""
+    check_tokens_store(path)
+    attrs = zarr.open_group(str(path), mode="r").attrs
+    return lineage.parse(attrs.get(lineage.ATTR)), attrs.get(STORE_ID)
 
 
 def open_tokens(path) -> xr.Dataset:

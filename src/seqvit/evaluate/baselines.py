@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from seqvit import lineage
 from seqvit.data.fields import channel_names, init_times, open_channels, split_times
 from seqvit.data.grids import latitude_weights
 from seqvit.data.stats import channel_stats, climatology_at, load_climatology
@@ -291,10 +292,17 @@ def run_baseline(cfg: dict, name: str, regridded_paths, stats_path, clim_path, o
     missing = [str(p) for p in paths if not p.exists()]
     if not paths or missing:
         raise SeqvitError(f"baseline {name}: regridded files missing: {missing or 'none given'}; run the regrid stage first")
+    for path in paths:
+        lineage.check_netcdf(path, lineage.regridded(cfg), "regridded file")
+    if name == "linear":
+        lineage.check_netcdf(stats_path, lineage.stats(cfg), "statistics file")
+    if name == "climatology":
+        lineage.check_netcdf(clim_path, lineage.climatology(cfg), "climatology file")
     channels = channel_names(cfg) if name == "linear" else variables
     fields = open_channels(paths, channels)
     inits = evaluation_init_times(fields["time"].values, cfg, leads)
-    attrs = {"experiment": cfg.get("experiment", ""), "init_times": "test split, every lead verifiable"}
+    attrs = {"experiment": cfg.get("experiment", ""), "init_times": "test split, every lead verifiable",
+             lineage.ATTR: lineage.dumps(lineage.forecast(cfg))}
     if name == "persistence":
         forecast = persistence_forecast(fields, inits, leads)
     elif name == "climatology":

@@ -10,15 +10,27 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from matplotlib.colors import to_rgb
 from matplotlib.figure import Figure
 
 from seqvit.data.grids import lat_bounds, lon_bounds
 from seqvit.errors import SeqvitError
 from seqvit.io import atomic_path
 
-_UNITS = {"t2m": "K", "t": "K", "z": "m² s⁻²", "u": "m s⁻¹", "v": "m s⁻¹", "q": "kg kg⁻¹", "msl": "Pa", "sp": "Pa"}
+_UNITS = {"t2m": "K", "t": "K", "z": "m² s⁻²", "u": "m s⁻¹", "v": "m s⁻¹", "u10": "m s⁻¹", "v10": "m s⁻¹",
+          "q": "kg kg⁻¹", "msl": "Pa", "sp": "Pa"}
 _LONG_NAMES = {"t2m": "2 m temperature", "t": "temperature", "z": "geopotential", "u": "zonal wind", "v": "meridional wind"}
 BASELINE_NAMES = ("climatology", "persistence", "linear")
+# Baselines in the sequence-length figure: the lead's colour, darkened or lightened, and a line
+# style of their own, so that two baselines with similar scores stay apart.
+SEQLEN_BASELINE_LINES = {"persistence": ("--", -0.45), "climatology": (":", 0.5), "linear": ("-.", 0.0)}
+
+
+def shade(color, amount: float) -> tuple:
+    """`color` mixed towards black (amount < 0) or white (amount > 0) by |amount|."""
+    rgb = np.array(to_rgb(color))
+    target = 1.0 if amount > 0 else 0.0
+    return tuple(float(c) for c in rgb + (target - rgb) * abs(amount))
 
 
 def channel_units(channel: str) -> str:
@@ -135,8 +147,9 @@ def maps_png(truth, forecast, out_png, model: str = "forecast", title: str = "")
 def rmse_vs_seqlen(long: pd.DataFrame, change: pd.DataFrame, baselines: pd.DataFrame, out_png) -> tuple[Path, Path]:
     """Headline RMSE against sequence length (log2 axis), one panel per variable, a line per lead.
 
-    Baselines (which have no sequence length) are drawn as thin horizontal lines in the lead's
-    colour; the legend gives the relative change from the shortest to the longest sequence.
+    Baselines (which have no sequence length) are drawn as thin horizontal lines in shades of the
+    lead's colour, each with its own line style (SEQLEN_BASELINE_LINES); the titles give the relative
+    change from the shortest to the longest sequence.
     """
     out_png = Path(out_png)
     if long.empty:
@@ -153,7 +166,6 @@ def rmse_vs_seqlen(long: pd.DataFrame, change: pd.DataFrame, baselines: pd.DataF
     axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
     lengths = sorted(long["seq_len"].unique())
     patch_of = dict(zip(long["seq_len"], long["patch_size"]))
-    styles = {"persistence": ":", "linear": "-.", "climatology": (0, (1, 3))}
     for ax, variable in zip(axes, variables):
         notes = []
         for i, lead in enumerate(leads):
@@ -163,10 +175,10 @@ def rmse_vs_seqlen(long: pd.DataFrame, change: pd.DataFrame, baselines: pd.DataF
             if not np.isnan(pct):
                 notes.append(f"{lead} h: {pct:+.1f}%")
             ax.plot(line["seq_len"], line["rmse"], marker="o", linewidth=2.2, color=f"C{i}", label=f"ViT, {lead} h")
-            for model, style in styles.items():
+            for model, (style, amount) in SEQLEN_BASELINE_LINES.items():
                 b = baselines[(baselines["model"] == model) & (baselines["variable"] == variable) & (baselines["lead_hours"] == lead)]
                 if len(b):
-                    ax.axhline(float(b["rmse"].iloc[0]), color=f"C{i}", linestyle=style, linewidth=1.0, alpha=0.8,
+                    ax.axhline(float(b["rmse"].iloc[0]), color=shade(f"C{i}", amount), linestyle=style, linewidth=1.3,
                                label=f"{model}, {lead} h")
         units = channel_units(variable)
         ax.set_xscale("log", base=2)

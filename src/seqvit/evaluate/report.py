@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from seqvit import lineage
 from seqvit.data.fields import open_channels
 from seqvit.errors import SeqvitError
 from seqvit.evaluate import figures, metrics
@@ -123,6 +124,11 @@ def evaluate(cfg: dict, prediction_paths: dict, regridded_paths, clim_path, out_
     out_dir = Path(out_dir)
     paths = {str(name): Path(p) for name, p in prediction_paths.items()}
     names = list(paths)
+    for path in paths.values():
+        lineage.check_netcdf(path, lineage.forecast(cfg), "forecast file")
+    for path in regridded_paths:
+        lineage.check_netcdf(path, lineage.regridded(cfg), "regridded file")
+    lineage.check_netcdf(clim_path, lineage.climatology(cfg), "climatology file")
 
     forecasts = {name: _open_prediction(name, path) for name, path in paths.items()}
     try:

@@ -5,11 +5,14 @@ The crate (https://w3id.org/ro/wfrun/provenance/0.5, built with the `rocrate` li
 * the Snakefile as the main ComputationalWorkflow, one HowToStep and SoftwareApplication per rule;
 * one CreateAction per Snakemake job, read from Snakemake's job records (.snakemake/metadata:
   rule, inputs, params, start and end, external job id = Slurm job id under the Slurm executor),
-  with every input and output file by sha256 and size, the host, and the job's benchmark
+  with every input and output file by sha256 and size, the host (only when asked for:
+  record_hosts, `seqvit provenance --record-hosts`), and the job's benchmark
   (results/benchmarks/...tsv: wall seconds, max RSS, CPU time) when it has one; a ControlAction
   per job and an OrganizeAction for Snakemake tie them to the steps;
-* the config files and the resolved config, git commit and dirty state, package versions,
-  hardware (environment.json), the CDS requests (raw/manifest/*.json and the request plan);
+* the config files and the resolved config, git commit and dirty state, the remote when it is a
+  URL (a local path says nothing to a reader and tells where the checkout lies), package versions,
+  the hardware of the machine that builds the crate (environment.json; methods.md describes the
+  training jobs from what they recorded), the CDS requests (raw/manifest/*.json and the request plan);
 * methods.md and tables/*.tex (also part of the crate).
 
 Files outside the provenance folder are referenced by their path relative to it (../eval/...).
@@ -27,10 +30,12 @@ import importlib.metadata as im
 import json
 import os
 import platform
+import re
 import shutil
 import socket
 import subprocess
 import sys
+import urllib.parse
 from pathlib import Path
 
 import yaml
@@ -92,6 +97,30 @@ def sha256_path(path: Path) -> tuple[str, int]:
     return digest.hexdigest(), path.stat().st_size
 
 
+_URL_SCHEMES = ("https", "http", "ssh", "git", "git+ssh", "ssh+git")
+_SCP_LIKE = re.compile(r"^[\w.-]+@[\w.-]+:(?!//)\S+$")  # git@github.com:owner/repo.git
+
+
+def public_remote(url: str | None) -> str | None:
+    """A git remote as a URL others can use, with no credential; None for a local path or file:// URL."""
+    url = (url or "").strip()
+    if _SCP_LIKE.match(url):
+        return url
+    try:
+        parts = urllib.parse.urlsplit(url)
+        host = parts.hostname
+    except ValueError:
+        return None
+    if parts.scheme.lower() not in _URL_SCHEMES or not host:
+        return None
+    userinfo, _, hostport = parts.netloc.rpartition("@")
+    # an https user name may be a token (https://TOKEN@host/...); an ssh user name without password is not
+    ssh = parts.scheme.lower() in ("ssh", "git+ssh", "ssh+git")
+    user = userinfo if ssh and userinfo and ":" not in userinfo else ""
+    netloc = f"{user}@{hostport}" if user else hostport
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", ""))  # a query may carry a token too
+
+
 def git_state(repo: Path = ROOT) -> dict:
     def git(*args):
         return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=30)
@@ -100,10 +129,7 @@ def git_state(repo: Path = ROOT) -> dict:
     if head.returncode:
         return {"commit": None, "dirty": None, "note": "not a git checkout"}
     status = git("status", "--porcelain", "--untracked-files=no")
-    remote = git("config", "--get", "remote.origin.url").stdout.strip()
-    if "@" in remote and "://" in remote:  # never a token embedded in a remote URL
-        scheme, rest = remote.split("://", 1)
-        remote = f"{scheme}://{rest.split('@', 1)[1]}"
+    remote = public_remote(git("config", "--get", "remote.origin.url").stdout)
     return {
         "commit": head.stdout.strip(),
         "dirty": bool(status.stdout.strip()),
@@ -122,7 +148,7 @@ def package_versions() -> dict:
     return out
 
 
-def hardware() -> dict:
+def hardware(record_host: bool = False) -> dict:
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -147,22 +173,24 @@ def hardware() -> dict:
             gpus = f"{len(names)} x {names[0]}"
     except Exception:
         pass
-    return {
+    out = {
         "cpu": cpu,
         "cpu_count": os.cpu_count(),
         "memory_gb": mem_gb,
         "gpus": gpus,
         "os": f"{platform.system()} {platform.release()}",
         "machine": platform.machine(),
-        "host": socket.gethostname(),
     }
+    if record_host:
+        out["host"] = socket.gethostname()
+    return out
 
 
-def environment() -> dict:
+def environment(record_hosts: bool = False) -> dict:
     return {
         "python": platform.python_version(),
         "packages": package_versions(),
-        "hardware": hardware(),
+        "hardware": hardware(record_hosts),
         "git": git_state(),
         "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
         "recorded": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -232,14 +260,22 @@ def _iso(ts) -> str | None:
 # ---------------------------------------------------------------- the crate
 
 def build_provenance(cfg: dict, layout, config_paths: list[Path], snakemake_dir: Path, validate: bool = True,
-                     workdir: Path | None = None) -> Path:
-    """Write <results>/provenance/{ro-crate-metadata.json, methods.md, tables/*.tex, ...}; return the folder."""
+                     workdir: Path | None = None, record_hosts: bool = False) -> Path:
+    """Write <results>/provenance/{ro-crate-metadata.json, methods.md, tables/*.tex, ...}; return the folder.
+
+    record_hosts: also record the host name of this machine and of each local job (off by default:
+    a bundle meant for publication should not name the machines it ran on).
+    """
+    from seqvit.data.stats import climatology_years
     from seqvit.provenance import methods, tables
 
+    metrics = Path(layout.eval_dir) / "metrics.csv"
+    if not metrics.exists():  # the tables and methods.md are built from the scores
+        raise SeqvitError(f"{metrics}: scores not found; run the evaluate stage first")
     workdir = Path(workdir or Path.cwd()).resolve()
     secrets = known_secrets()
     out = Path(layout.root) / "provenance"
-    env = environment()
+    env = environment(record_hosts)
     jobs = snakemake_jobs(snakemake_dir, layout.root, workdir)
 
     # Build in a temporary folder, rename into place at the end: complete or absent.
@@ -247,9 +283,11 @@ def build_provenance(cfg: dict, layout, config_paths: list[Path], snakemake_dir:
         tmp.mkdir()
         (tmp / "tables").mkdir()
         written_tables = tables.write_tables(
-            layout.eval_dir, tmp / "tables", cfg["splits"]["test"], n_times=_n_times(layout.eval_dir)
+            layout.eval_dir, tmp / "tables", cfg["splits"]["test"], n_times=_n_times(layout.eval_dir),
+            climatology_years=climatology_years(cfg),
         )
-        methods_md = methods.methods_text(cfg, env, layout.eval_dir, n_jobs=len(jobs))
+        training = methods.training_record(cfg, layout, jobs, workdir)
+        methods_md = methods.methods_text(cfg, env, layout.eval_dir, n_jobs=len(jobs), training=training)
         check_no_secret(methods_md, "methods.md", secrets)
         (tmp / "methods.md").write_text(methods_md)
         env_text = json.dumps(env, indent=2, default=str)
@@ -393,7 +431,8 @@ def _crate(cfg, layout, config_paths, jobs, env, written_tables, crate_dir: Path
     own = {}
     for name, desc, fmt in [
         ("config.resolved.yaml", "the configuration as the run used it (all files and overrides merged)", "application/yaml"),
-        ("environment.json", "Python and package versions, hardware, git commit and dirty state", "application/json"),
+        ("environment.json", "Python and package versions, hardware of the machine that ran seqvit provenance, "
+                             "git commit and dirty state", "application/json"),
         ("cds_requests.json", "the CDS requests (download manifests with request ids and sha256), or a note that none was sent", "application/json"),
         ("methods.md", "editable methods paragraph with citations", "text/markdown"),
     ]:
@@ -405,7 +444,7 @@ def _crate(cfg, layout, config_paths, jobs, env, written_tables, crate_dir: Path
             "sha256": sha256_path(path)[0]})
 
     # one CreateAction (+ ControlAction) per job
-    host = env["hardware"]["host"]
+    host = env["hardware"].get("host")  # None unless record_hosts
     actions, controls, all_outputs = [], [], []
     for i, job in enumerate(jobs, start=1):
         rule = job.get("rule") or "unknown"
@@ -420,7 +459,7 @@ def _crate(cfg, layout, config_paths, jobs, env, written_tables, crate_dir: Path
         slurm = job.get("external_jobid")
         bench = benchmark_for(job, workdir)
         extra = {
-            "host": host if not slurm else f"a Slurm node (job {slurm}; see sacct)",
+            "host": (f"a Slurm node (job {slurm}; see sacct)" if slurm else host) if host else None,
             "slurm_job_id": slurm,
             "job_hash": job.get("job_hash"),
             "conda_env": job.get("conda_env"),
@@ -465,7 +504,9 @@ def _crate(cfg, layout, config_paths, jobs, env, written_tables, crate_dir: Path
                                        "startTime": _iso(min(starts)) if starts else env["recorded"],
                                        "endTime": _iso(max(ends)) if ends else env["recorded"]})
     run["additionalProperty"] = hw_props + git_props
-    run["description"] = f"hardware: {hw['cpu']} x{hw['cpu_count']}, {hw.get('memory_gb')} GB, GPUs: {hw.get('gpus') or 'none'}; git {git.get('commit')} dirty={git.get('dirty')}"
+    run["description"] = (f"machine that built this crate (not necessarily one that ran the jobs): {hw['cpu']} "
+                          f"x{hw['cpu_count']}, {hw.get('memory_gb')} GB, GPUs: {hw.get('gpus') or 'none'}; "
+                          f"git {git.get('commit')} dirty={git.get('dirty')}")
     crate.add(ContextEntity(crate, "#organize", properties={
         "@type": "OrganizeAction", "name": "Snakemake run", "instrument": {"@id": engine.id},
         "object": [{"@id": c.id} for c in controls], "result": {"@id": run.id},

@@ -6,9 +6,14 @@ The text is a starting point for a paper: every number in it comes from the file
 
 from __future__ import annotations
 
+import ast
+import json
+import re
 from pathlib import Path
 
 import pandas as pd
+
+from seqvit.data.stats import climatology_years
 
 REFERENCES = {
     "tsaris2024": "Tsaris, A. et al. (2024). Sequence Length Scaling in Vision Transformers for Scientific Images on "
@@ -47,13 +52,186 @@ def _years(years) -> str:
     return ", ".join(str(y) for y in years)
 
 
+_SP_METHODS = {
+    "ulysses": "DeepSpeed-Ulysses sequence parallelism [jacobs2023] (our implementation: one all-to-all of queries, "
+               "keys and values, so that each rank attends over the whole sequence for its share of the heads)",
+    "deepspeed-ulysses": "DeepSpeed's DistributedAttention (DeepSpeed-Ulysses [jacobs2023]: all-to-all of queries, "
+                         "keys and values over the heads)",
+    "lss": "Long-Sequence-Segmentation (LSS) [tsaris2024]: each rank keeps its segment of queries and gathers the "
+           "keys and values of the whole group",
+}
+BASELINES = ("climatology", "persistence", "linear")
+_BASELINE_TEXT = {
+    "climatology": "climatology",
+    "persistence": "persistence",
+    "linear": "a linear regression per lead time fitted on the training years",
+}
+# The line `seqvit train` logs at the end of a run: "... MFU x% of y TFLOP/s (where the peak came from)".
+_PEAK_LINE = re.compile(r"MFU \S+% of \S+ TFLOP/s \((.+)\)\s*$")
+
+
 def _versions(env: dict) -> str:
     pkgs = env.get("packages", {})
     keys = ["seqvit", "torch", "snakemake", "xarray", "numpy", "scikit-learn", "rocrate"]
     return ", ".join(f"{k} {pkgs[k]}" for k in keys if pkgs.get(k))
 
 
-def methods_text(cfg: dict, env: dict, eval_dir, n_jobs: int | None = None) -> str:
+def _list(items) -> str:
+    items = [str(i) for i in items]
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def _parallelism(cfg: dict) -> str:
+    """Each run's sequence-parallel degree SP and data-parallel replicas DP, from the config."""
+    from seqvit.train.slurm import run_parallelism
+
+    patch_sizes = [int(p) for p in cfg["tokenize"]["patch_sizes"]]
+    layouts = {p: run_parallelism(cfg, p) for p in patch_sizes}
+    method = (cfg.get("parallel") or {}).get("sp_method", "ulysses")
+    if all(sp == 1 for sp, _ in layouts.values()):
+        if all(dp == 1 for _, dp in layouts.values()):
+            return "Training ran without sequence parallelism (one process per run). "
+        return ("Training ran without sequence parallelism; the batch was split over data-parallel replicas: "
+                + "; ".join(f"p = {p}: {dp} replica{'s' if dp != 1 else ''}" for p, (_, dp) in layouts.items()) + ". ")
+
+    def one(p, sp, dp):
+        replicas = f"{dp} data-parallel replica{'s' if dp != 1 else ''} ({sp * dp} processes)"
+        split = "no sequence parallelism" if sp == 1 else f"sequence split over SP = {sp} ranks"
+        return f"p = {p}: {split}, {replicas}"
+
+    return (
+        "Where SP > 1, each sample's token sequence was split into SP contiguous segments (latitude stripes), one "
+        f"per rank of a sequence-parallel group, with {_SP_METHODS.get(method, method)}; within a group only "
+        "attention communicates. Per run (config `parallel`): "
+        + "; ".join(one(p, sp, dp) for p, (sp, dp) in layouts.items()) + ". "
+    )
+
+
+def _job_for(jobs, path: Path, workdir: Path) -> dict | None:
+    """The Snakemake job record that produced `path`."""
+    target = (workdir / path).resolve()
+    for job in jobs or []:
+        if any((workdir / out).resolve() == target for out in job.get("output") or []):
+            return job
+    return None
+
+
+def _sbatch_options(job: dict) -> str | None:
+    """The sbatch options the train rule recorded as a param (describe_sbatch: '--nodes=...')."""
+    for value in job.get("params") or []:
+        if isinstance(value, str):
+            try:
+                value = ast.literal_eval(value)  # Snakemake records params as their repr
+            except (ValueError, SyntaxError):
+                pass
+        if isinstance(value, str) and value.startswith("--nodes="):
+            return value
+    return None
+
+
+def _device_from_log(log: Path) -> str | None:
+    """The device named in the last throughput line of a training log."""
+    try:
+        lines = log.read_text(errors="replace").splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        match = _PEAK_LINE.search(line)
+        if not match:
+            continue
+        source = match.group(1)
+        gpu = re.search(r"device '([^']+)'", source)
+        if gpu:
+            return gpu.group(1)
+        cpu = re.search(r"on (\d+) CPU threads?", source)
+        if cpu:
+            return f"CPU, {cpu.group(1)} thread{'s' if cpu.group(1) != '1' else ''}"
+        return None  # the peak came from the config: the log does not name the device
+    return None
+
+
+def training_record(cfg: dict, layout, jobs, workdir) -> dict:
+    """What the run recorded about each training run ({patch size: {...}}; a key is absent when not recorded).
+
+    world_size and sp: the run folder's checkpoints/run.json; slurm_job_id and sbatch: Snakemake's
+    job record of the train job; device: the throughput line of its log; seconds and max_rss_mb:
+    its benchmark.
+    """
+    from seqvit.provenance.crate import benchmark_for
+
+    workdir = Path(workdir)
+    out = {}
+    for p in layout.patch_sizes():
+        run_dir = Path(layout.run_dir(p))
+        rec: dict = {}
+        try:
+            settings = json.loads((workdir / run_dir / "checkpoints" / "run.json").read_text())
+            rec.update({k: int(settings[k]) for k in ("world_size", "sp") if k in settings})
+        except (OSError, ValueError):
+            pass
+        job = _job_for(jobs, run_dir / "model.pt", workdir)
+        logs = [workdir / log for log in (job or {}).get("log") or []]
+        logs = logs or [workdir / layout.root / "logs" / "train" / f"p{p}.log"]
+        device = next((d for d in map(_device_from_log, logs) if d), None)
+        if device:
+            rec["device"] = device
+        if job is not None:
+            rec["job"] = True
+            if job.get("external_jobid"):
+                rec["slurm_job_id"] = str(job["external_jobid"])
+                sbatch = _sbatch_options(job)
+                if sbatch:
+                    rec["sbatch"] = sbatch
+            bench = benchmark_for(job, workdir) or {}
+            if bench.get("s") is not None:
+                rec["seconds"] = float(bench["s"])
+            if bench.get("max_rss") is not None:
+                rec["max_rss_mb"] = float(bench["max_rss"])
+        out[p] = rec
+    return out
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.1f} min"
+
+
+def _hardware(training: dict | None, env: dict) -> str:
+    hw = env.get("hardware", {})
+    here = (
+        f"{hw.get('cpu', 'an unrecorded CPU')} ({hw.get('cpu_count', '?')} logical cores"
+        + (f", {hw['gpus']}" if hw.get("gpus") else ", no GPU")
+        + f") on {hw.get('os', 'an unrecorded OS')}"
+    )
+    built = (f"This report was built by `seqvit provenance` on {here}; that is the machine that built the report, "
+             "not necessarily one that trained.")
+    runs = []
+    for p, rec in (training or {}).items():
+        parts = []
+        if rec.get("world_size"):
+            n = rec["world_size"]
+            parts.append(f"{n} process{'es' if n != 1 else ''}")
+        if rec.get("device"):
+            parts.append(f"on {rec['device']}")
+        slurm = rec.get("slurm_job_id")
+        if slurm:
+            parts.append(f"Slurm job {slurm}" + (f" (sbatch {rec['sbatch']})" if rec.get("sbatch") else ""))
+        elif rec.get("job"):
+            parts.append("on the machine Snakemake ran on (no batch job)")
+        if rec.get("seconds") is not None:
+            parts.append(f"{_duration(rec['seconds'])} wall time" + (" of its last job" if slurm else ""))
+        if rec.get("max_rss_mb") is not None:
+            parts.append(f"peak resident memory {rec['max_rss_mb'] / 1024:.1f} GB")
+        runs.append(f"p = {p}: {', '.join(parts) if parts else 'not recorded'}")
+    if not any(rec for rec in (training or {}).values()):
+        return f"The run folders and Snakemake's job records hold no record of the training hardware. {built}"
+    return (
+        "Training as the run recorded it (process count from checkpoints/run.json, device from the training log, "
+        f"batch job and benchmark from Snakemake's job records): {'; '.join(runs)}. {built}"
+    )
+
+
+def methods_text(cfg: dict, env: dict, eval_dir, n_jobs: int | None = None, training: dict | None = None) -> str:
+    """methods.md; `training` is training_record(...) (None: nothing recorded about the training jobs)."""
     eval_dir = Path(eval_dir)
     data, splits, model, train = cfg["data"], cfg["splits"], cfg["model"], cfg["train"]
     source = (cfg.get("source") or {}).get("kind", "synthetic")
@@ -61,10 +239,31 @@ def methods_text(cfg: dict, env: dict, eval_dir, n_jobs: int | None = None) -> s
     channels = list(data.get("single_level", [])) + [
         f"{v} at {', '.join(str(lv) for lv in data.get('levels', []))} hPa" for v in data.get("pressure_level", [])
     ]
-    parallel = cfg.get("parallel") or {}
-    sp = int(parallel.get("sp", 1))
-    hw = env.get("hardware", {})
     samples = int(train["steps"]) * int(train["batch_size"])
+    evaluate = cfg.get("evaluate") or {}
+    baselines = list(evaluate.get("baselines", BASELINES))
+    train_years, clim_years = [int(y) for y in splits["train"]], climatology_years(cfg)
+    if sorted(clim_years) == sorted(train_years):
+        stats_text = ("normalization statistics and the day-of-year and hour climatology come from the training "
+                      "years only.")
+    else:
+        stats_text = (f"normalization statistics come from the training years only, the day-of-year and hour "
+                      f"climatology from the years {_years(clim_years)} (config `stats.climatology_years`; no "
+                      "validation or test year).")
+    extrapolated = sorted({int(h) for h in evaluate.get("lead_hours", [])} - {int(h) for h in train["lead_hours"]})
+    extrapolation_text = ""
+    if evaluate.get("extrapolate_leads"):
+        extrapolation_text = (
+            f" Forecasts at {_list(f'{h} h' for h in extrapolated)}, lead times the model was not trained on, were made "
+            "by extrapolating its lead-time embedding beyond the trained lead times (config "
+            "`evaluate.extrapolate_leads`)." if extrapolated else
+            " Extrapolation of the lead-time embedding was allowed (`evaluate.extrapolate_leads`), but every scored "
+            "lead time was a trained one."
+        )
+    if baselines:
+        against = f" The baselines were {_list(_BASELINE_TEXT.get(b, b) for b in baselines)}."
+    else:
+        against = " No baseline was scored (config `evaluate.baselines` is empty)."
 
     seqlen_text, results_text = "", ""
     change_path, metrics_path = eval_dir / "seqlen_change.csv", eval_dir / "metrics.csv"
@@ -97,8 +296,7 @@ def methods_text(cfg: dict, env: dict, eval_dir, n_jobs: int | None = None) -> s
         f"**Data.** We used {_SOURCES.get(source, source)}: {', '.join(channels)} at {_hours(data)} UTC for the years "
         f"{_years(data['years'])}, regridded {cfg.get('regrid', {}).get('method', 'conservative')}ly to the "
         f"{cfg['grid']} grid. The years {_years(splits['train'])} were used for training, {_years(splits['val'])} for "
-        f"validation and {_years(splits['test'])} for testing; normalization statistics and the day-of-year and hour "
-        "climatology come from the training years only.",
+        f"validation and {_years(splits['test'])} for testing; {stats_text}",
         "",
         f"**Model.** A ClimaX-style [nguyen2023] Vision Transformer [dosovitskiy2021] with per-variable patch embedding "
         f"and variable aggregation (embedding {model['embed_dim']}, depth {model['depth']}, {model['num_heads']} heads, "
@@ -109,18 +307,12 @@ def methods_text(cfg: dict, env: dict, eval_dir, n_jobs: int | None = None) -> s
         f"sequence length) with AdamW (learning rate {train['lr']}, weight decay {train.get('weight_decay', 0)}, "
         f"{train.get('warmup_steps', 0)} warm-up steps) on the latitude-weighted MSE.",
         "",
-        f"**Parallelism and hardware.** "
-        + (f"The token sequence of each sample was split over {sp} ranks ({parallel.get('sp_method', 'ulysses')}, "
-           "[jacobs2023]). " if sp > 1 else "Training ran without sequence parallelism (one process per run). ")
-        + f"Runs used {hw.get('cpu', 'an unrecorded CPU')} ({hw.get('cpu_count', '?')} logical cores"
-        + (f", {hw['gpus']}" if hw.get("gpus") else ", no GPU")
-        + f", {train.get('threads', 1)} threads per training job) on {hw.get('os', 'an unrecorded OS')}.",
+        "**Parallelism and hardware.** " + _parallelism(cfg) + _hardware(training, env),
         "",
         "**Evaluation.** Forecasts of the test years were scored in WeatherBench 2 conventions [rasp2024]: "
         "cell-area latitude weights, MSE per initialization time reduced afterwards, RMSE reported as the square root "
         "of the mean MSE (headline) and as the mean of per-time RMSE, the uncentred anomaly correlation against the "
-        "climatology, and the bias, against climatology, persistence and a linear regression per lead time fitted on "
-        f"the training years.{results_text}",
+        f"climatology, and the bias.{against}{extrapolation_text}{results_text}",
         "",
         f"**Software and provenance.** The workflow ran with Snakemake [molder2021]"
         + (f" ({n_jobs} jobs)" if n_jobs else "")

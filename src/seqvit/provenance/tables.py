@@ -13,7 +13,8 @@ import pandas as pd
 
 from seqvit.io import atomic_path
 
-_UNITS = {"t2m": "K", "t": "K", "z": "m$^2$\\,s$^{-2}$"}
+_UNITS = {"t2m": "K", "t": "K", "z": "m$^2$\\,s$^{-2}$", "u": "m\\,s$^{-1}$", "v": "m\\,s$^{-1}$", "u10": "m\\,s$^{-1}$",
+          "v10": "m\\,s$^{-1}$", "q": "kg\\,kg$^{-1}$", "msl": "Pa", "sp": "Pa"}
 
 
 def _escape(text) -> str:
@@ -89,25 +90,40 @@ def seqlen_table(change: pd.DataFrame, caption: str, label: str) -> str:
     return booktabs(header, rows, caption, label)
 
 
-def write_tables(eval_dir, out_dir, test_years, n_times: int | None = None) -> list[Path]:
-    """rmse.tex, rmse_mean_per_time.tex, acc.tex, bias.tex and sequence_length.tex under out_dir."""
+def units_text(variables) -> str:
+    """' Units: t2m and t\\_850 in K, z\\_500 in m$^2$...' for a caption (each variable has its own units)."""
+    by_unit: dict[str, list[str]] = {}
+    for v in dict.fromkeys(variables):
+        by_unit.setdefault(_units(v) or "", []).append(_escape(v))
+    parts = [f"{' and '.join(vs) if len(vs) < 3 else ', '.join(vs[:-1]) + ' and ' + vs[-1]} in {unit}"
+             for unit, vs in by_unit.items() if unit]
+    return f" Units: {'; '.join(parts)}." if parts else ""
+
+
+def write_tables(eval_dir, out_dir, test_years, n_times: int | None = None, climatology_years=None) -> list[Path]:
+    """rmse.tex, rmse_mean_per_time.tex, acc.tex, bias.tex and sequence_length.tex under out_dir.
+
+    climatology_years: the years of the climatology the ACC anomalies are taken against (None: the
+    training years, the default of stats.climatology_years).
+    """
     eval_dir, out_dir = Path(eval_dir), Path(out_dir)
     metrics_df = pd.read_csv(eval_dir / "metrics.csv")
     years = ", ".join(str(y) for y in test_years)
     n = f" ({n_times} initialization times)" if n_times else ""
-    units = sorted({_units(v) for v in metrics_df["variable"]} - {""})
-    unit_text = f" in {', '.join(units)}" if units else ""
+    unit_text = units_text(metrics_df["variable"])
+    clim = (f"the years {', '.join(str(y) for y in climatology_years)}" if climatology_years
+            else "the training years")
     specs = {
-        "rmse.tex": ("rmse", f"Headline RMSE{unit_text}: square root of the mean latitude-weighted MSE over the test "
-                             f"initialization times of {years}{n}. Lower is better.", "tab:rmse", 2),
-        "rmse_mean_per_time.tex": ("rmse_mean_per_time", f"RMSE{unit_text} as the mean over the test initialization "
-                                   f"times of {years}{n} of the per-time latitude-weighted RMSE (the second reduction).",
-                                   "tab:rmse-mean-per-time", 2),
+        "rmse.tex": ("rmse", f"Headline RMSE: square root of the mean latitude-weighted MSE over the test "
+                             f"initialization times of {years}{n}. Lower is better.{unit_text}", "tab:rmse", 2),
+        "rmse_mean_per_time.tex": ("rmse_mean_per_time", f"RMSE as the mean over the test initialization "
+                                   f"times of {years}{n} of the per-time latitude-weighted RMSE (the second "
+                                   f"reduction).{unit_text}", "tab:rmse-mean-per-time", 2),
         "acc.tex": ("acc", f"Uncentred anomaly correlation coefficient against the day-of-year and hour climatology of "
-                           f"the training years, mean over the test initialization times of {years}. Higher is better.",
+                           f"{clim}, mean over the test initialization times of {years}. Higher is better.",
                     "tab:acc", 3),
-        "bias.tex": ("bias", f"Latitude-weighted mean error (forecast minus truth){unit_text}, mean over the test "
-                             f"initialization times of {years}.", "tab:bias", 2),
+        "bias.tex": ("bias", f"Latitude-weighted mean error (forecast minus truth), mean over the test "
+                             f"initialization times of {years}.{unit_text}", "tab:bias", 2),
     }
     written = []
     for name, (column, caption, label, digits) in specs.items():

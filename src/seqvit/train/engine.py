@@ -33,7 +33,8 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from seqvit.data.loader import SampleOrder, SegmentBatches, SplitIndex, TokenStore, read_pairs, step_loader
-from seqvit.data.tokenize import token_weights
+from seqvit.data.tokenize import store_identity, token_weights
+from seqvit import lineage
 from seqvit.errors import SeqvitError
 from seqvit.io import atomic_path
 from seqvit.model.vit import build_model
@@ -52,10 +53,24 @@ METRIC_COLUMNS = (
 VAL_SAMPLES = 256
 VAL_BATCH = 64
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
-# Train keys that do not change the weights a run produces: a checkpoint may resume across them.
-RESUME_FREE_KEYS = (
-    "threads", "val_every", "checkpoint_every", "log_every", "loader_workers", "peak_tflops", "keep_checkpoints",
-)  # fmt: skip
+
+
+def run_settings(cfg: dict, tokens_path, patch_size: int, channels, layout) -> dict:
+    """What a checkpoint must have been written with to be resumed: every setting that shapes the
+    weights, and the identity of the tokens store (its lineage and id, so a store rewritten since,
+    even with equal settings, starts training afresh)."""
+    made_by, store_id = store_identity(tokens_path)
+    lineage.check(tokens_path, made_by, lineage.tokens(cfg, patch_size), "tokens store")
+    return {
+        "model": dict(cfg["model"]),
+        "train": {key: value for key, value in cfg["train"].items() if key not in lineage.TRAIN_REPORTING_KEYS},
+        "validation_years": sorted(int(y) for y in cfg["splits"]["val"]),
+        "patch_size": patch_size,
+        "channels": channels,
+        "world_size": layout.world_size,
+        "sp": layout.sp,
+        "tokens": {"lineage": made_by, "store_id": store_id},
+    }
 
 
 def weighted_mse(pred, target, weights):
@@ -302,14 +317,7 @@ def _train(cfg, tokens_path, out_dir, patch_size, progress, stop_at_step, layout
             dist.all_reduce(local)
         return float(local[0] / local[1])
 
-    settings = {
-        "model": dict(cfg["model"]),
-        "train": {key: value for key, value in tcfg.items() if key not in RESUME_FREE_KEYS},
-        "patch_size": patch_size,
-        "channels": channels,
-        "world_size": layout.world_size,
-        "sp": layout.sp,
-    }
+    settings = run_settings(cfg, tokens_path, patch_size, channels, layout)
     checkpoints = Checkpoints(out_dir, layout.rank, layout.distributed, keep=int(tcfg.get("keep_checkpoints", 2)))
     checkpoints.check_settings(settings, set_aside=restart_if_changed)
     step, rows, elapsed_before, best = 0, [], 0.0, math.inf
@@ -351,6 +359,7 @@ def _train(cfg, tokens_path, out_dir, patch_size, progress, stop_at_step, layout
                     "lead_hours": lead_hours,
                     "steps": step,
                     "precision": tcfg.get("precision", "fp32"),
+                    "tokens": settings["tokens"],
                 },
                 path,
             )
@@ -358,71 +367,74 @@ def _train(cfg, tokens_path, out_dir, patch_size, progress, stop_at_step, layout
     bar = tqdm(total=total_steps, initial=step, disable=not (progress and main), desc=f"train p{patch_size}", unit="step")
     engine.train()
     workers = int(tcfg.get("loader_workers", 1))
-    batches_iter = iter(step_loader(batches, step, last_step, workers=workers)) if step < last_step else iter(())
-    tick = time.perf_counter()
-    while step < last_step:
-        x, lead, y = next(batches_iter)
-        fetched = time.perf_counter()
-        window["wait"] += fetched - tick
-        loss_sum = 0.0
-        for chunk in zip(*(t.chunk(accumulation) for t in (x, lead, y))):
-            loss = segment_loss(*chunk)
-            engine.backward(loss)
-            engine.step()
-            loss_sum += loss.item()
-        step += 1
-        window["loss"] += loss_sum / accumulation
-        window["steps"] += 1
-        window["samples"] += batch_size
-        window["seconds"] += time.perf_counter() - fetched
-        interrupted = stop.pending(layout.distributed)
-
-        is_val = step % val_every == 0 or step == total_steps
-        if step % log_every == 0 or is_val:
-            mean_loss = window["loss"] / window["steps"]
-            if layout.distributed:  # per-rank losses average to the loss of the global batch
-                buf = torch.tensor([mean_loss], dtype=torch.float64)
-                dist.all_reduce(buf)
-                mean_loss = float(buf) / layout.world_size
-            val_loss = validation_loss() if is_val else ""
-            seconds = window["seconds"] + window["wait"]
-            rate = throughput.Throughput.of(window["samples"], seconds, layout.world_size, model.num_tokens,
-                                            flops_per_sample, peak)  # fmt: skip
-            rows.append(
-                {
-                    "step": step,
-                    "loss": mean_loss,
-                    "val_loss": val_loss,
-                    "lr": engine.get_lr()[0],
-                    "samples_per_s": rate.samples_per_s,
-                    "tokens_per_s": rate.tokens_per_s,
-                    "tflops": rate.tflops_per_device,
-                    "mfu": rate.mfu,
-                    "data_wait": window["wait"] / max(seconds, 1e-9),
-                    "elapsed_s": elapsed_before + (time.perf_counter() - started),
-                }
-            )
-            if main:
-                _write_metrics(metrics_path, rows)
-                tensorboard.log(rows[-1])
-            bar.set_postfix(loss=f"{mean_loss:.4f}", tok_s=f"{rate.tokens_per_s:,.0f}", mfu=f"{rate.mfu:.0%}")
-            if val_loss != "" and val_loss < best:
-                best = val_loss
-                save_weights(best_path)
-            window = {"loss": 0.0, "steps": 0, "samples": 0, "seconds": 0.0, "wait": 0.0}
-        if interrupted or step % checkpoint_every == 0 or step == last_step:
-            save_checkpoint()
-        bar.update(1)
+    loader = step_loader(batches, step, last_step, workers=workers) if step < last_step else ()
+    batches_iter = iter(loader)
+    try:
         tick = time.perf_counter()
-        if interrupted:
-            bar.close()
-            tensorboard.close()
-            raise TrainingInterrupted(
-                f"stopped by {stop.name} after step {step} of {total_steps}; checkpoint "
-                f"{checkpoints.dir / checkpoints.latest_tag} written; run the same command again to resume"
-            )
-    bar.close()
-    tensorboard.close()
+        while step < last_step:
+            x, lead, y = next(batches_iter)
+            fetched = time.perf_counter()
+            window["wait"] += fetched - tick
+            loss_sum = 0.0
+            for chunk in zip(*(t.chunk(accumulation) for t in (x, lead, y))):
+                loss = segment_loss(*chunk)
+                engine.backward(loss)
+                engine.step()
+                loss_sum += loss.item()
+            step += 1
+            window["loss"] += loss_sum / accumulation
+            window["steps"] += 1
+            window["samples"] += batch_size
+            window["seconds"] += time.perf_counter() - fetched
+            interrupted = stop.pending(layout.distributed)
+
+            is_val = step % val_every == 0 or step == total_steps
+            if step % log_every == 0 or is_val:
+                mean_loss = window["loss"] / window["steps"]
+                if layout.distributed:  # per-rank losses average to the loss of the global batch
+                    buf = torch.tensor([mean_loss], dtype=torch.float64)
+                    dist.all_reduce(buf)
+                    mean_loss = float(buf) / layout.world_size
+                val_loss = validation_loss() if is_val else ""
+                seconds = window["seconds"] + window["wait"]
+                rate = throughput.Throughput.of(window["samples"], seconds, layout.world_size, model.num_tokens,
+                                                flops_per_sample, peak)  # fmt: skip
+                rows.append(
+                    {
+                        "step": step,
+                        "loss": mean_loss,
+                        "val_loss": val_loss,
+                        "lr": engine.get_lr()[0],
+                        "samples_per_s": rate.samples_per_s,
+                        "tokens_per_s": rate.tokens_per_s,
+                        "tflops": rate.tflops_per_device,
+                        "mfu": rate.mfu,
+                        "data_wait": window["wait"] / max(seconds, 1e-9),
+                        "elapsed_s": elapsed_before + (time.perf_counter() - started),
+                    }
+                )
+                if main:
+                    _write_metrics(metrics_path, rows)
+                    tensorboard.log(rows[-1])
+                bar.set_postfix(loss=f"{mean_loss:.4f}", tok_s=f"{rate.tokens_per_s:,.0f}", mfu=f"{rate.mfu:.0%}")
+                if val_loss != "" and val_loss < best:
+                    best = val_loss
+                    save_weights(best_path)
+                window = {"loss": 0.0, "steps": 0, "samples": 0, "seconds": 0.0, "wait": 0.0}
+            if interrupted or step % checkpoint_every == 0 or step == last_step:
+                save_checkpoint()
+            bar.update(1)
+            tick = time.perf_counter()
+            if interrupted:
+                raise TrainingInterrupted(
+                    f"stopped by {stop.name} after step {step} of {total_steps}; checkpoint "
+                    f"{checkpoints.dir / checkpoints.latest_tag} written; run the same command again to resume"
+                )
+    finally:  # also on an error: the loader's workers ignore SIGTERM and would keep the process from exiting
+        if hasattr(loader, "close"):
+            loader.close()
+        bar.close()
+        tensorboard.close()
     if main and rows:
         last = rows[-1]
         log.info(

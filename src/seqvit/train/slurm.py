@@ -11,9 +11,13 @@ torchrun for several).
 from __future__ import annotations
 
 import math
+import os
+import re
 import shlex
 
 from seqvit.errors import SeqvitError
+
+_VARIABLE = re.compile(r"\$(?:\{(\w+)\}|(\w+))")
 
 
 def run_parallelism(cfg: dict, patch_size: int) -> tuple[int, int]:
@@ -142,3 +146,29 @@ def describe_sbatch(resources: dict) -> str:
     if resources.get("slurm_extra"):
         options.append(resources["slurm_extra"])
     return " ".join(options)
+
+
+def check_slurm_account(value, environ=None) -> str:
+    """The account a Slurm profile charges jobs to (its default resource slurm_account), $VARs expanded.
+
+    Snakemake expands a `$NAME` in a resource only when NAME is set; otherwise sbatch would be
+    given the literal text. Refuse that before any job is submitted.
+    """
+    environ = os.environ if environ is None else environ
+    text = str(value).strip().strip("'\"")
+    unset = [a or b for a, b in _VARIABLE.findall(text) if not environ.get(a or b, "").strip()]
+    if unset:
+        name = unset[0]
+        # Not suggested: --default-resources on the command line replaces the profile's whole list.
+        raise SeqvitError(
+            f"the Slurm account of every job is slurm_account: {text} (the profile's default-resources), but the "
+            f"environment variable {name} is not set, so sbatch would get the literal text; nothing was submitted. "
+            f"Export the project to charge first: export {name}=<project> (e.g. in ~/.bashrc)"
+        )
+    account = _VARIABLE.sub(lambda m: environ[m.group(1) or m.group(2)].strip(), text)
+    if not account:
+        raise SeqvitError(
+            "the Slurm account of every job (slurm_account in the profile's default-resources) is empty; nothing "
+            "was submitted. Set it to the project to charge"
+        )
+    return account

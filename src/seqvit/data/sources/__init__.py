@@ -51,6 +51,7 @@ def download(cfg: dict, request_ids=None, raw_dir=None, log: logging.Logger = LO
     Returns {request id: "fetched" | "kept"}. Stops at the first request that fails, with its
     error; files verified before it stay.
     """
+    from seqvit import lineage
     from seqvit.layout import Layout
 
     if source is None and source_settings(cfg).kind == "synthetic":
@@ -61,14 +62,16 @@ def download(cfg: dict, request_ids=None, raw_dir=None, log: logging.Logger = LO
     else:
         requests = plan_requests(cfg)
     outcome: dict[str, str] = {}
+    made_by = lineage.canonical(lineage.raw(cfg))
     for request in requests:
-        if state.is_verified(request, raw_dir):
+        if state.is_verified(request, raw_dir, made_by):
             log.info("%s: verified earlier, kept (%s)", request.id, request.path(raw_dir))
+            state.adopt_lineage(request, raw_dir, made_by)
             outcome[request.id] = "kept"
             continue
         request.path(raw_dir).parent.mkdir(parents=True, exist_ok=True)
         with state.target_lock(request, raw_dir):
-            if state.is_verified(request, raw_dir):  # another process finished it meanwhile
+            if state.is_verified(request, raw_dir, made_by):  # another process finished it meanwhile
                 outcome[request.id] = "kept"
                 continue
             for leftover in state.remove_stale_temporaries(request.path(raw_dir)):
@@ -77,6 +80,10 @@ def download(cfg: dict, request_ids=None, raw_dir=None, log: logging.Logger = LO
                 source = make_source(cfg, raw_dir, log)
             log.info("%s: fetching %s (%d fields)", request.id, request.label(), request.fields)
             manifest = source.fetch(request)
+            # The source this file came from, for the stages that read it (seqvit.lineage); a
+            # manifest without it (a crash just here) is not verified, so the file is fetched again.
+            manifest = {**manifest, "lineage": made_by}
+            state.write_json(request.manifest_path(raw_dir), manifest)
             log.info("%s: verified and saved %s (%d bytes, sha256 %s)", request.id, request.path(raw_dir),
                      manifest["size"], manifest["sha256"][:16])  # fmt: skip
             outcome[request.id] = "fetched"

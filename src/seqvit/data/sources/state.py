@@ -52,13 +52,26 @@ def read_json(path) -> dict | None:
         return None  # a damaged side file is as good as none: the data is fetched again
 
 
-def is_verified(request, raw_dir) -> bool:
-    """The file is in place and its manifest says it was verified for exactly this request."""
+def is_verified(request, raw_dir, lineage: dict | None = None) -> bool:
+    """The file is in place and its manifest says it was verified for exactly this request (and,
+    given `lineage`, fetched from the source that lineage names)."""
     data = request.path(raw_dir)
     manifest = read_json(request.manifest_path(raw_dir))
     if manifest is None or not data.exists():
         return False
+    # A manifest from before lineages were recorded names no source: kept (download() adds the
+    # lineage), rather than fetching terabytes again.
+    if lineage is not None and manifest.get("lineage", lineage) != lineage:
+        return False
     return manifest.get("request") == request.to_json() and manifest.get("size") == data.stat().st_size
+
+
+def adopt_lineage(request, raw_dir, lineage: dict) -> None:
+    """Record `lineage` in a verified file's manifest that has none yet (written before lineages were)."""
+    path = request.manifest_path(raw_dir)
+    manifest = read_json(path)
+    if manifest is not None and "lineage" not in manifest:
+        write_json(path, {**manifest, "lineage": lineage})
 
 
 @contextlib.contextmanager
