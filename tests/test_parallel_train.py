@@ -27,6 +27,7 @@ from seqvit.train.engine import train
 from processes import descendants
 from conftest import stamp_lineage
 from seqvit import lineage
+from seqvit.config import validate
 
 ROOT = Path(__file__).resolve().parents[1]
 HEIGHT, WIDTH, P = 8, 16, 4  # 2 x 4 patches: 8 tokens
@@ -45,7 +46,7 @@ def _config(results: Path) -> dict:
         checkpoint_every=4, log_every=2, threads=1, seed=0,
     )  # fmt: skip
     cfg["evaluate"] = {"variables": ["t2m"], "lead_hours": [6, 24], "baselines": ["persistence"]}
-    return cfg
+    return validate(cfg)  # with the schema's defaults, as `seqvit train` reads the config file
 
 
 @pytest.fixture(scope="module")
