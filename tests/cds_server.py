@@ -59,6 +59,7 @@ class Faults:
 
     def __init__(self):
         self.http = {}  # endpoint -> deque of HTTP statuses to answer before behaving
+        self.retry_after: float | None = None  # Retry-After header (seconds) sent with injected faults
         self.delays = {}  # endpoint -> deque of seconds to stall before answering
         self.truncate_downloads = 0  # next n downloads send half the file, then drop the connection
         self.corrupt_downloads = 0  # next n downloads send garbage of the right size
@@ -103,9 +104,11 @@ class FakeCds:
         self._server.server_close()
 
     # fault helpers
-    def fail(self, endpoint: str, status: int, times: int = 1) -> None:
-        """Answer the next `times` calls to endpoint (process, execution, job, results, download) with `status`."""
+    def fail(self, endpoint: str, status: int, times: int = 1, retry_after: float | None = None) -> None:
+        """Answer the next `times` calls to endpoint (process, execution, job, results, download) with
+        `status`, and a Retry-After header when given."""
         self.faults.http.setdefault(endpoint, deque()).extend([status] * times)
+        self.faults.retry_after = retry_after
 
     def delay(self, endpoint: str, seconds: float, times: int = 1) -> None:
         self.faults.delays.setdefault(endpoint, deque()).extend([seconds] * times)
@@ -124,10 +127,11 @@ class FakeCds:
     def make_file(self, dataset: str, inputs: dict) -> tuple[bytes, str]:
         """The delivery for a request: (bytes, extension)."""
         names = SHORT_NAMES[dataset]
-        grid = [float(v) for v in inputs.get("grid", [0.25, 0.25])]
-        north, west, south, east = [float(v) for v in inputs.get("area", [90, 0, -90, 360 - grid[1]])]
-        lat = north - grid[0] * np.arange(int(math.floor((north - south) / grid[0] + 1e-6)) + 1)
-        lon = west + grid[1] * np.arange(int(math.floor((east - west) / grid[1] + 1e-6)) + 1)
+        # MARS order: east-west (longitude) increment first, then north-south
+        dlon, dlat = [float(v) for v in inputs.get("grid", [0.25, 0.25])]
+        north, west, south, east = [float(v) for v in inputs.get("area", [90, 0, -90, 360 - dlon])]
+        lat = north - dlat * np.arange(int(math.floor((north - south) / dlat + 1e-6)) + 1)
+        lon = west + dlon * np.arange(int(math.floor((east - west) / dlon + 1e-6)) + 1)
         stamps = []
         for year in inputs["year"]:
             for month in inputs["month"]:
@@ -221,9 +225,11 @@ def _handler_for(server: FakeCds):
                     return name, match.groupdict()
             return "unknown", {}
 
-        def _send_json(self, status: int, body: dict, endpoint: str) -> None:
+        def _send_json(self, status: int, body: dict, endpoint: str, headers: dict | None = None) -> None:
             payload = json.dumps(body).encode()
             self.send_response(status)
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(payload)))
             self.end_headers()
@@ -246,7 +252,9 @@ def _handler_for(server: FakeCds):
                 status = queue.popleft()
                 titles = {429: "Too Many Requests", 500: "Internal Server Error", 502: "Bad Gateway",
                           503: "Service Unavailable", 504: "Gateway Timeout"}  # fmt: skip
-                self._error(status, titles.get(status, "error"), "injected fault", endpoint)
+                headers = {"Retry-After": f"{server.faults.retry_after:g}"} if server.faults.retry_after else None
+                body = {"type": "about:blank", "title": titles.get(status, "error"), "status": status, "detail": "injected fault"}
+                self._send_json(status, body, endpoint, headers)
                 return True
             return False
 
@@ -347,8 +355,12 @@ def _handler_for(server: FakeCds):
                     if job["status"] in ("accepted", "running"):
                         job["status"] = "failed" if job["fail"] else "successful"
                     return self._send_json(200, self._job_document(job), endpoint)
-                if job["status"] == "failed":
-                    return self._send_json(200, {"title": "The job has failed", "detail": "injected failure"}, endpoint)
+                if job["status"] == "failed":  # the CDS answers 400 with the reason of the failure
+                    return self._send_json(400, {
+                        "type": "job results failed", "title": "The job has failed",
+                        "detail": "injected failure",
+                        "traceback": "Traceback (most recent call last):\n  ...\nMarsError: no data for 2018-01",
+                    }, endpoint)
                 payload, ext = self._payload(job)
                 asset = {
                     "type": "application/zip" if ext == "zip" else "application/netcdf",

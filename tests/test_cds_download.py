@@ -208,10 +208,14 @@ def test_persistent_5xx_ends_in_a_clear_error_naming_the_request(cds, cfg):
     assert_nothing_accepted(cfg, SINGLE)
 
 
-def test_timeout_then_success(cds, cfg):
-    cfg["source"]["retry"]["timeout_s"] = 0.3
+def test_timeout_then_success(cds, cfg, caplog):
+    cfg["source"]["retry"].update(timeout_s=0.3, client_retry_max=1)
     cds.delay("job", 1.0)
     assert download(cfg, [SINGLE]) == {SINGLE: "fetched"}
+    # the stalled status request timed out, and one more fetch resumed the same job
+    retries = [r.getMessage() for r in caplog.records if "trying again" in r.getMessage()]
+    assert len(retries) == 1 and "Timeout" in retries[0], retries
+    assert cds.count("execution", "POST") == 1
 
 
 def test_failed_job_is_submitted_again(cds, cfg):
@@ -275,9 +279,12 @@ def test_garbage_of_the_right_size_is_fetched_again(cds, cfg):
 
 def test_file_missing_one_time_step_is_rejected(cds, cfg):
     cds.faults.drop_time_steps = 1
-    with pytest.raises(SeqvitError, match=r"lacks 1 of the 62 requested time steps \(2018-01-31T12:00\).*rerun later"):
+    with pytest.raises(SeqvitError, match=r"lacks 1 of the 62 requested time steps \(2018-01-31T12:00\).*rerun later") as info:
         download(cfg, [PRESSURE])
     assert_nothing_accepted(cfg, PRESSURE)
+    # the message names the request and the file it was to become, not a temporary that is gone
+    assert f"CDS request {PRESSURE}" in str(info.value) and f"for {final(cfg, PRESSURE)}" in str(info.value)
+    assert ".tmp" not in str(info.value) and "/delivery" not in str(info.value)
     # nothing is remembered of the bad job: the next run asks the CDS again
     cds.faults.drop_time_steps = 0
     assert download(cfg, [PRESSURE]) == {PRESSURE: "fetched"}
@@ -356,3 +363,37 @@ def test_the_key_appears_in_no_log_exception_or_file(cds, cfg, tmp_path, monkeyp
     assert "<key hidden>" in caplog.text  # the client did try to log it
     for text in texts:
         assert cds.token not in text and wrong not in text
+
+
+def test_a_job_that_keeps_failing_is_resubmitted_a_bounded_number_of_times_then_reported(cds, cfg):
+    """The CDS answers 400 to the results of a failed job: that is a failed job, not an invalid request."""
+    cds.faults.fail_jobs = 100
+    with pytest.raises(SeqvitError) as info:
+        download(cfg, [SINGLE])
+    message = str(info.value)
+    assert "failed 3 times; last error: the CDS job failed: The job has failed: injected failure" in message
+    assert "MarsError: no data for 2018-01" in message and "invalid" not in message
+    assert cds.count("execution", "POST", 201) == 3
+    assert_nothing_accepted(cfg, SINGLE)
+
+
+def test_a_non_square_grid_is_asked_for_east_west_first_and_verifies(cds, cfg):
+    """MARS reads grid=dlon/dlat (east-west increment first); source.grid is [dlat, dlon]."""
+    cfg["source"]["grid"] = [30, 45]  # 7 latitudes (90..-90), 8 longitudes (0..315)
+    assert find_request(cfg, SINGLE).cds_request()["grid"] == [45, 30]
+    assert download(cfg, [SINGLE]) == {SINGLE: "fetched"}
+    assert manifest(cfg, SINGLE)["content"]["grid"] == [7, 8]
+
+
+def test_retry_after_is_honoured_and_waits_start_short(cds, cfg):
+    from seqvit.data.sources.cds import CdsSource, retry_settings
+
+    waits = []
+    cfg["source"]["retry"].update(client_retry_max=1, backoff_s=0.01, backoff_max_s=5)
+    cds.fail("execution", 429, times=2, retry_after=2)
+    source = CdsSource(cfg, raw_dir(cfg), sleep=waits.append)
+    assert download(cfg, [SINGLE], source=source) == {SINGLE: "fetched"}
+    assert waits == [2.0, 2.0]  # the server's Retry-After, not our 0.01 s
+    assert cds.count("execution", "POST", 429) == 2 and cds.count("execution", "POST", 201) == 1
+    defaults = retry_settings({"source": {"kind": "cds"}})
+    assert defaults.backoff_s == 5 and defaults.client_retry_max == 1  # the schema's defaults

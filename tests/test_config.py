@@ -276,3 +276,13 @@ def test_every_problem_is_reported_at_once(demo_cfg):
         "config key results 'a b'",
     ]
     assert all(line.startswith("c.yaml: ") for line in lines)
+
+
+def test_nested_set_creates_sections_the_schema_allows(demo_cfg, tmp_path):
+    from seqvit.config import apply_overrides
+
+    assert "retry" not in demo_cfg["source"]
+    cfg = apply_overrides(demo_cfg, ["source.retry.client_sleep_max=1", "stats.climatology_years=[2015]"])
+    assert cfg["source"]["retry"] == {"client_sleep_max": 1} and cfg["stats"]["climatology_years"] == [2015]
+    with pytest.raises(SeqvitError, match=r"config has no section 'retri'; did you mean source.retry\?"):
+        apply_overrides(demo_cfg, ["source.retri.attempts=2"])

@@ -61,12 +61,14 @@ def apply_overrides(cfg: dict, overrides) -> dict:
             raise SeqvitError(f"--set {item!r}: expected dotted.key=value, e.g. --set train.steps=100")
         node = cfg
         parts = key.split(".")
+        schema_node: dict | None = load_schema()
         for depth, part in enumerate(parts[:-1]):
-            if depth == 0 and part not in node and part in _optional_sections():
-                node[part] = {}  # e.g. --set parallel.sp=2 on a config without a parallel section
+            sections = _object_properties(schema_node)
+            schema_node = sections.get(part)
+            if part not in node and schema_node is not None:
+                node[part] = {}  # e.g. --set source.retry.timeout_s=5 on a config without that section
             if not isinstance(node.get(part), dict):
-                known = [k for k, v in node.items() if isinstance(v, dict)]
-                known += sorted(_optional_sections()) if depth == 0 else []
+                known = sorted({k for k, v in node.items() if isinstance(v, dict)} | set(sections))
                 close = difflib.get_close_matches(part, known, n=1)
                 hint = f"; did you mean {'.'.join(parts[:depth] + close)}?" if close else ""
                 raise SeqvitError(f"--set {item!r}: config has no section {part!r}{hint}")
@@ -86,11 +88,10 @@ def load_schema() -> dict:
     return yaml.safe_load(SCHEMA.read_text())
 
 
-def _optional_sections() -> set[str]:
-    """Top-level sections the schema knows (objects) that a config may leave out."""
-    schema = load_schema()
-    required = set(schema.get("required", []))
-    return {k for k, v in schema.get("properties", {}).items() if v.get("type") == "object" and k not in required}
+def _object_properties(schema_node: dict | None) -> dict:
+    """The sub-sections (object-typed properties) the schema allows at one level."""
+    properties = (schema_node or {}).get("properties") or {}
+    return {k: v for k, v in properties.items() if isinstance(v, dict) and v.get("type") == "object"}
 
 
 def _default_setting_validator(schema: dict):

@@ -20,6 +20,8 @@ download needs:
 
 from __future__ import annotations
 
+import datetime as dt
+import email.utils
 import importlib.util
 import logging
 import os
@@ -59,32 +61,40 @@ _HOW_TO_CREATE = (
 
 @dataclass(frozen=True)
 class RetrySettings:
-    """How hard to try before giving up on one request (config section source.retry)."""
+    """How hard to try before giving up on one request (config section source.retry; defaults in the schema).
 
-    attempts: int = 5  # whole fetches of one request (submit or resume, wait, download)
-    backoff_s: float = 60.0  # wait before the second attempt; doubles each time
-    backoff_max_s: float = 1800.0
-    client_retry_max: int = 5  # tries of each HTTP call inside the cdsapi client
-    client_sleep_max: float = 30.0  # its fixed wait between those tries, and the longest status poll
-    timeout_s: float = 120.0  # per HTTP call
+    The client itself tries each HTTP call client_retry_max times (default 1: not again), so that
+    every fault comes back here, where waits start short (backoff_s), double up to backoff_max_s,
+    honour the server's Retry-After, and stop after `attempts` fetches; a job already submitted is
+    resumed, never submitted twice.
+    """
+
+    attempts: int  # whole fetches of one request (submit or resume, wait, download)
+    backoff_s: float  # wait before the second attempt; doubles each time
+    backoff_max_s: float
+    client_retry_max: int  # tries of each HTTP call inside the cdsapi client
+    client_sleep_max: float  # the longest pause between status polls of a running job
+    timeout_s: float  # per HTTP call
 
 
 def retry_settings(cfg: dict) -> RetrySettings:
+    from seqvit.config import load_schema
+
+    schema = load_schema()["properties"]["source"]["properties"]["retry"]["properties"]
     raw = (cfg.get("source") or {}).get("retry") or {}
-    defaults = RetrySettings()
     values = {}
-    for key, value in raw.items():
-        if not hasattr(defaults, key):
-            raise SeqvitError(
-                f"config key source.retry.{key} is unknown; known: {sorted(RetrySettings.__dataclass_fields__)}"
-            )
-        wanted = type(getattr(defaults, key))
+    for key, spec in schema.items():
+        value = raw.get(key, spec["default"])
+        wanted = int if spec["type"] == "integer" else float
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value < (1 if wanted is int else 0):
             raise SeqvitError(f"config key source.retry.{key} must be a {'positive integer' if wanted is int else 'number >= 0'}")
         if wanted is int and not float(value).is_integer():
             raise SeqvitError(f"config key source.retry.{key} must be an integer")
         values[key] = wanted(value)
-    return RetrySettings(**{**defaults.__dict__, **values})
+    unknown = sorted(set(raw) - set(schema))
+    if unknown:
+        raise SeqvitError(f"config key source.retry.{unknown[0]} is unknown; known: {sorted(schema)}")
+    return RetrySettings(**values)
 
 
 def backoff_delay(settings: RetrySettings, attempt: int, rng: random.Random) -> float:
@@ -149,6 +159,10 @@ class Redactor:
 class _Transient(Exception):
     """Worth another try after a pause (429, 5xx, timeouts, dropped connections, bad size)."""
 
+    def __init__(self, message: str, retry_after: float | None = None):
+        super().__init__(message)
+        self.retry_after = retry_after  # the server's Retry-After, in seconds
+
 
 class _TooLarge(Exception):
     """The CDS refuses the request's cost: split it."""
@@ -169,6 +183,39 @@ def _http_details(exc) -> tuple[int | None, str, str]:
     if not title:
         title = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     return status, title, detail
+
+
+def _retry_after_seconds(exc) -> float | None:
+    """The Retry-After header of an HTTP error in seconds (delta-seconds or an HTTP date), if any."""
+    response = getattr(exc, "response", None)
+    value = response.headers.get("Retry-After") if response is not None else None
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, (when - dt.datetime.now(dt.timezone.utc)).total_seconds())
+
+
+def _failure_reason(exc) -> str:
+    """The CDS's own account of a failed job: title, detail and the end of its traceback."""
+    response = getattr(exc, "response", None)
+    try:
+        body = response.json() if response is not None else None
+    except Exception:
+        body = None
+    if not isinstance(body, dict):
+        return str(exc).splitlines()[-1] if str(exc) else type(exc).__name__
+    parts = [str(body[key]) for key in ("title", "detail") if body.get(key)]
+    traceback = str(body.get("traceback") or "").strip().splitlines()
+    if traceback:
+        parts.append("; ".join(line.strip() for line in traceback[-3:]))
+    return ": ".join(parts) or str(exc)
 
 
 # ---- the client -------------------------------------------------------------------------------
@@ -282,7 +329,8 @@ class CdsSource:
                 info["delivered"] = {"format": era5.detect_format(delivered), "size": delivered.stat().st_size,
                                      "sha256": state.sha256_file(delivered)}  # fmt: skip
                 path = self._normalize(delivered, work, part)
-                summary = verify_file(path, expected, label=f"CDS request {part.id} ({part.label()})")
+                summary = verify_file(path, expected, label=f"CDS request {part.id} ({part.label()})",
+                                      target=part.path(self.raw_dir))
             except VerificationError as exc:
                 if not exc.unreadable:
                     pending.forget(part)  # the next run asks again: the CDS may have the data by then
@@ -306,6 +354,8 @@ class CdsSource:
                 if attempt == self.retry.attempts:
                     break
                 delay = backoff_delay(self.retry, attempt, self.rng)
+                if exc.retry_after is not None:  # the server knows best, within our bound
+                    delay = min(max(delay, exc.retry_after), self.retry.backoff_max_s)
                 self.log.warning(
                     "CDS request %s (%s): %s; trying again in %.0f s (attempt %d of %d)",
                     part.id, part.label(), last, delay, attempt + 1, self.retry.attempts,
@@ -322,6 +372,7 @@ class CdsSource:
         from ecmwf.datastores.processing import DownloadError, ProcessingFailedError
 
         info: dict = {}
+        remote = None
         try:
             remote = self._resume(part, pending)
             if remote is None:
@@ -341,13 +392,13 @@ class CdsSource:
                 info["cds_checksum"] = checksum
             return info
         except requests.HTTPError as exc:
+            # The client asks for the results of a failed job and gets 400 with the CDS's reason in
+            # the body: a failed job, not an invalid request (that is refused at submission).
+            if remote is not None and self._job_status(remote) in ("failed", "rejected"):
+                raise self._failed_job(part, pending, _failure_reason(exc)) from None
             raise self._classify(exc, part) from None
         except ProcessingFailedError as exc:
-            message = self.redact(str(exc)).replace("\n", " ")
-            pending.forget(part)  # a failed job stays failed: submit anew next time
-            if re.search(r"cost limit|too large", message, re.IGNORECASE):
-                raise _TooLarge(message) from None
-            raise _Transient(f"the CDS job failed: {message}") from None
+            raise self._failed_job(part, pending, str(exc)) from None
         except DownloadError as exc:
             raise _Transient(self.redact(str(exc))) from None
         except AssertionError as exc:  # multiurl checks the received size with an assert
@@ -356,6 +407,21 @@ class CdsSource:
             raise _Transient(f"download incomplete: {self.redact(str(exc))}") from None
         except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as exc:
             raise _Transient(f"connection problem ({type(exc).__name__}: {self.redact(str(exc))[:300]})") from None
+
+    @staticmethod
+    def _job_status(remote) -> str | None:
+        try:
+            return remote.status
+        except Exception:  # the status itself could not be read: not known to have failed
+            return None
+
+    def _failed_job(self, part, pending, reason: str) -> Exception:
+        """A job that ended failed: submitted anew (a bounded number of times), with the CDS's reason."""
+        message = self.redact(reason).strip().replace("\n", " | ")
+        pending.forget(part)  # a failed job stays failed: submit anew next time
+        if re.search(r"cost limit|too large", message, re.IGNORECASE):
+            return _TooLarge(message)
+        return _Transient(f"the CDS job failed: {message}")
 
     def _resume(self, part, pending):
         """The job submitted for `part` by an earlier run, if the CDS still has it in a usable state."""
@@ -408,7 +474,7 @@ class CdsSource:
                 f"data.pressure_level and data.levels against the download form of {part.dataset}"
             )
         if status is None or status in RETRIABLE_STATUS:
-            return _Transient(said)
+            return _Transient(said, _retry_after_seconds(exc))
         return SeqvitError(f"the CDS answered {said} to request {part.id} ({part.label()})")
 
     # ---- normalizing deliveries -------------------------------------------------------------

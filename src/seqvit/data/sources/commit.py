@@ -24,7 +24,7 @@ def commit(
     with atomic_path(final) as tmp:
         os.replace(candidate, tmp)
         if summary is None:
-            summary = verify_file(tmp, expectation, label=request.id)
+            summary = verify_file(tmp, expectation, label=request.id, target=final)
         manifest = {
             "manifest_version": state.MANIFEST_VERSION,
             "file": request.relpath(),

@@ -105,8 +105,9 @@ class Request:
             request["pressure_level"] = [str(level) for level in sorted(self.levels)]
         if self.area is not None:
             request["area"] = [_number(v) for v in self.area]
-        if self.grid is not None:
-            request["grid"] = [_number(v) for v in self.grid]
+        if self.grid is not None:  # config: [dlat, dlon]; the CDS (MARS) wants east-west first
+            dlat, dlon = self.grid
+            request["grid"] = [_number(dlon), _number(dlat)]
         return request
 
     def halves(self) -> tuple[Request, Request] | None:

@@ -69,9 +69,11 @@ def _check_grid(name: str, found: np.ndarray, expected: np.ndarray | None, where
         )
 
 
-def verify_file(path, expected: Expectation, label: str = "") -> dict:
+def verify_file(path, expected: Expectation, label: str = "", target=None) -> dict:
     """Raise VerificationError unless `path` holds exactly what `expected` describes; return a summary."""
-    where = f"{label} ({path})" if label else str(path)
+    # Messages name the request and the file it was to become: `path` is a temporary, gone by then.
+    shown = f"for {target}" if target is not None else str(path)
+    where = f"{label} ({shown})" if label else shown
     try:
         kind = era5.detect_format(path)
     except OSError as exc:
