@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 CONFIG ?= config/config.yaml
 
-.PHONY: demo test install report clean cdo slurm frontier-profile
+.PHONY: demo test lint install report clean cdo slurm frontier-profile
 
 $(BIN)/seqvit: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -49,7 +49,11 @@ cdo:
 slurm:
 	bash tests/cluster/start-slurm.sh
 
-test: install cdo slurm
+lint: install
+	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks
+
+test: install lint cdo slurm
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest
 
 # Snakemake finds a bare profile name in ./ or ~/.config/snakemake, not in profiles/: link it

@@ -146,9 +146,15 @@ def _model_step(args, method, p, n, device, dtype, rank):
     torch.manual_seed(0)
     grid = (n // COLS, COLS)
     model = ForecastViT(
-        CHANNELS, 1, grid, embed_dim=args.dim, depth=args.depth, num_heads=args.heads, mlp_ratio=args.mlp_ratio,
+        CHANNELS,
+        1,
+        grid,
+        embed_dim=args.dim,
+        depth=args.depth,
+        num_heads=args.heads,
+        mlp_ratio=args.mlp_ratio,
         attention_backend=_backend(method, p, n, args.heads, args.kernel),
-    ).to(device, dtype)  # fmt: skip
+    ).to(device, dtype)
     torch.nn.init.normal_(model.head.weight, std=0.02)
     local = n // p
     tokens = torch.randn(args.batch, CHANNELS, local, 1, device=device, dtype=dtype)
@@ -213,8 +219,9 @@ def _worker(rank: int, world: int, args) -> dict:
         matmul, matmul_flops = matmul_step(device, dtype)
         for n in args.flop_sizes:
             # matmul and block alternate, so both see the same machine (a shared one included)
-            seconds = _time({"matmul": matmul, "block": _block_step(args, "single", 1, n, device, dtype)}, device,
-                            args.iters)  # fmt: skip
+            seconds = _time(
+                {"matmul": matmul, "block": _block_step(args, "single", 1, n, device, dtype)}, device, args.iters
+            )
             peak = matmul_flops / seconds["matmul"]
             flops = block_flops(args.batch, n, args.dim, args.mlp_ratio)
             out["flops"].append({"n": n, "seconds": seconds["block"], "flops": flops / seconds["block"], "peak": peak})
@@ -299,11 +306,18 @@ def report(results: dict, args) -> str:
         single = base.get("single")
         per_token = next((r["per_token"] for r in memory if r["p"] == 1), None)
         rows = [
-            [r["p"], r["method"], r["longest"], r["first_over"] or f"> {args.memory_max}",
-             f"{r['longest'] / single:.2f}" if single else "", f"{r['per_token'] / 1024:.1f}",
-             f"{per_token / r['per_token']:.2f}" if per_token and r["per_token"] else "", r["p"]]
+            [
+                r["p"],
+                r["method"],
+                r["longest"],
+                r["first_over"] or f"> {args.memory_max}",
+                f"{r['longest'] / single:.2f}" if single else "",
+                f"{r['per_token'] / 1024:.1f}",
+                f"{per_token / r['per_token']:.2f}" if per_token and r["per_token"] else "",
+                r["p"],
+            ]
             for r in memory
-        ]  # fmt: skip
+        ]
         parts.append(
             f"### Longest sequence whose training step fits {args.budget_mb} MB per rank "
             f"(whole model, depth {args.depth}, dim {args.dim})\n\n"
@@ -324,10 +338,15 @@ def report(results: dict, args) -> str:
     flops = [r for rs in results.values() for r in rs["flops"]]
     if flops:
         rows = [
-            [r["n"], f"{r['seconds'] * 1e3:.1f}", f"{r['flops'] / 1e9:.1f}", f"{r['peak'] / 1e9:.1f}",
-             f"{100 * r['flops'] / r['peak']:.0f}%"]
+            [
+                r["n"],
+                f"{r['seconds'] * 1e3:.1f}",
+                f"{r['flops'] / 1e9:.1f}",
+                f"{r['peak'] / 1e9:.1f}",
+                f"{100 * r['flops'] / r['peak']:.0f}%",
+            ]
             for r in flops
-        ]  # fmt: skip
+        ]
         parts.append(
             f"### Achieved FLOP/s of one block (P=1, forward+backward model FLOPs, kernel {args.kernel})\n\n"
             + _table(["N", "ms", "GFLOP/s", "matmul peak GFLOP/s", "fraction of peak"], rows)

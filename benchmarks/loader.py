@@ -75,7 +75,9 @@ def build_store(
     started = time.perf_counter()
     tokenize(cfg, paths, folder / "stats.nc", patch, out)
     seconds = time.perf_counter() - started
-    print(f"store: {times * len(years)} times x 7 channels, {height} x {width} grid, p = {patch}; tokenize {seconds:.1f} s")
+    print(
+        f"store: {times * len(years)} times x 7 channels, {height} x {width} grid, p = {patch}; tokenize {seconds:.1f} s"
+    )
     return out, cfg
 
 

@@ -61,8 +61,20 @@ def main(argv=None) -> int:
 
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     with tempfile.TemporaryDirectory(prefix="seqvit-dag-") as workdir:
-        command = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--directory", workdir,
-                   "--configfile", str(Path(args.config).resolve()), "-n", "--quiet", "rules"]  # fmt: skip
+        command = [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "-s",
+            str(ROOT / "Snakefile"),
+            "--directory",
+            workdir,
+            "--configfile",
+            str(Path(args.config).resolve()),
+            "-n",
+            "--quiet",
+            "rules",
+        ]
         start = time.perf_counter()
         proc = subprocess.run(command, env=env, capture_output=True, text=True)
         elapsed = time.perf_counter() - start

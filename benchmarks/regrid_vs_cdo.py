@@ -47,7 +47,11 @@ CDO_OPERATOR = {"conservative": "remapcon", "bilinear": "remapbil"}
 
 
 def era5_grid(step: float) -> Grid:
-    return Grid(f"era5-{step:g}deg", np.linspace(-90.0, 90.0, int(round(180 / step)) + 1), np.arange(int(round(360 / step))) * step)
+    return Grid(
+        f"era5-{step:g}deg",
+        np.linspace(-90.0, 90.0, int(round(180 / step)) + 1),
+        np.arange(int(round(360 / step))) * step,
+    )
 
 
 def sample_fields(grid: Grid) -> np.ndarray:
@@ -63,7 +67,11 @@ def sample_fields(grid: Grid) -> np.ndarray:
         + 2.0 * rng.standard_normal(grid.shape)
     )
     noise = rng.standard_normal(grid.shape)
-    polar = np.where(np.abs(grid.lat)[:, None] >= 80, 5.0 * np.sign(grid.lat)[:, None] + np.cos(lon) * (90 - np.abs(grid.lat))[:, None], 0.0)
+    polar = np.where(
+        np.abs(grid.lat)[:, None] >= 80,
+        5.0 * np.sign(grid.lat)[:, None] + np.cos(lon) * (90 - np.abs(grid.lat))[:, None],
+        0.0,
+    )
     return np.stack([temperature, noise, polar]).astype(np.float32)
 
 
@@ -76,7 +84,9 @@ def create_era5_file(path: Path, grid: Grid, n_times: int, compress: bool):
     nc.createDimension("latitude", grid.lat.size)
     nc.createDimension("longitude", grid.lon.size)
     time_var = nc.createVariable("valid_time", "i8", ("valid_time",))
-    time_var.setncatts({"units": "seconds since 1970-01-01", "calendar": "proleptic_gregorian", "standard_name": "time"})
+    time_var.setncatts(
+        {"units": "seconds since 1970-01-01", "calendar": "proleptic_gregorian", "standard_name": "time"}
+    )
     start = np.datetime64("2015-01-01T00:00:00", "s").astype(np.int64)
     time_var[:] = start + 3600 * np.arange(n_times, dtype=np.int64)
     for name, values, units in (("latitude", grid.lat[::-1], "degrees_north"), ("longitude", grid.lon, "degrees_east")):
@@ -84,8 +94,13 @@ def create_era5_file(path: Path, grid: Grid, n_times: int, compress: bool):
         var.setncatts({"units": units, "standard_name": name, "long_name": name})
         var[:] = values
     t2m = nc.createVariable(
-        "t2m", "f4", ("valid_time", "latitude", "longitude"), chunksizes=(1, grid.lat.size, grid.lon.size),
-        zlib=compress, complevel=1 if compress else None, shuffle=compress,
+        "t2m",
+        "f4",
+        ("valid_time", "latitude", "longitude"),
+        chunksizes=(1, grid.lat.size, grid.lon.size),
+        zlib=compress,
+        complevel=1 if compress else None,
+        shuffle=compress,
     )
     t2m.setncatts({"units": "K", "long_name": "2 metre temperature", "standard_name": "air_temperature"})
     return nc, t2m
@@ -141,10 +156,22 @@ def seqvit_command(inputs: list[Path], output: Path, grid: str, method: str) -> 
     return [sys.executable, "-c", code, "regrid", *map(str, inputs), str(output), "--grid", grid, "--method", method]
 
 
-def cdo_command(cdo: str, threads: int, method: str, griddes: Path, source: Path, output: Path, float64=False) -> list[str]:
+def cdo_command(
+    cdo: str, threads: int, method: str, griddes: Path, source: Path, output: Path, float64=False
+) -> list[str]:
     precision = ["-b", "F64"] if float64 else []
     compression = [] if float64 else ["-f", "nc4", "-z", "zip_1"]
-    return [cdo, "-s", "-P", str(threads), *precision, *compression, f"{CDO_OPERATOR[method]},{griddes}", str(source), str(output)]
+    return [
+        cdo,
+        "-s",
+        "-P",
+        str(threads),
+        *precision,
+        *compression,
+        f"{CDO_OPERATOR[method]},{griddes}",
+        str(source),
+        str(output),
+    ]
 
 
 def relative_differences(ours: np.ndarray, theirs: np.ndarray, value_range) -> tuple[float, float]:
@@ -175,7 +202,9 @@ def accuracy(cdo: str, workdir: Path) -> None:
         (era5_grid(3.0), "1deg"),
     ]
     print("1. Accuracy against CDO (max |seqvit - CDO| / field range; fields: temperature-like, noise, polar)")
-    print(f"   {'source':>14} -> {'target':<11} {'method':<13} {'float32 all':>12} {'f32 polar':>10} {'float64 all':>12} {'f64 polar':>10}  global mean of the temperature field: relative error")
+    print(
+        f"   {'source':>14} -> {'target':<11} {'method':<13} {'float32 all':>12} {'f32 polar':>10} {'float64 all':>12} {'f64 polar':>10}  global mean of the temperature field: relative error"
+    )
     for source, target_name in pairs:
         target = named_grid(target_name)
         fields = sample_fields(source)
@@ -212,7 +241,9 @@ def scale(cdo: str, args, workdir: Path) -> None:
     source = workdir / "era5-0.25deg-t2m.nc"
     n_times = args.hours
     step_bytes = 721 * 1440 * 4
-    print(f"2. Scale: {n_times} hourly steps of 0.25 deg t2m ({n_times * step_bytes / 1e9:.1f} GB as float32) -> {args.grid}, {args.method}")
+    print(
+        f"2. Scale: {n_times} hourly steps of 0.25 deg t2m ({n_times * step_bytes / 1e9:.1f} GB as float32) -> {args.grid}, {args.method}"
+    )
     free = shutil.disk_usage(workdir).free
     if free < n_times * step_bytes * 1.1:
         raise SystemExit(f"only {free / 1e9:.0f} GB free in {workdir}; use fewer --hours")
@@ -220,7 +251,9 @@ def scale(cdo: str, args, workdir: Path) -> None:
         print(f"   input: reusing {source}")
     else:
         seconds = write_large_input(source, n_times, args.compress_input)
-        print(f"   input: wrote {source} ({source.stat().st_size / 1e9:.1f} GB{', zlib' if args.compress_input else ', uncompressed'}) in {seconds:.0f} s")
+        print(
+            f"   input: wrote {source} ({source.stat().st_size / 1e9:.1f} GB{', zlib' if args.compress_input else ', uncompressed'}) in {seconds:.0f} s"
+        )
     size_gb = n_times * step_bytes / 1e9
     griddes = workdir / f"{args.grid}.griddes"
     griddes.write_text(cdo_grid_description(named_grid(args.grid)))
@@ -229,22 +262,31 @@ def scale(cdo: str, args, workdir: Path) -> None:
             seconds = _read_file(source)
             print(f"   plain sequential read of the file: {seconds:.1f} s ({size_gb / seconds:.2f} GB/s)")
         ours_out, cdo_out = workdir / "seqvit.nc", workdir / "cdo.nc"
-        ours_s, ours_rss = run_measured(seqvit_command([source], ours_out, args.grid, args.method), workdir / "seqvit.log")
+        ours_s, ours_rss = run_measured(
+            seqvit_command([source], ours_out, args.grid, args.method), workdir / "seqvit.log"
+        )
         print(
             f"   seqvit regrid : {ours_s:7.1f} s  {size_gb / ours_s:5.2f} GB/s input  {n_times / ours_s:6.0f} steps/s  "
             f"peak RSS {ours_rss:.2f} GB (goal < {PEAK_RSS_GOAL_GB:g} GB)",
             flush=True,
         )
         for threads in args.cdo_threads:
-            cdo_s, cdo_rss = run_measured(cdo_command(cdo, threads, args.method, griddes, source, cdo_out), workdir / "cdo.log")
+            cdo_s, cdo_rss = run_measured(
+                cdo_command(cdo, threads, args.method, griddes, source, cdo_out), workdir / "cdo.log"
+            )
             print(
                 f"   cdo {CDO_OPERATOR[args.method]:<10}: {cdo_s:7.1f} s  {size_gb / cdo_s:5.2f} GB/s input  {n_times / cdo_s:6.0f} steps/s  "
                 f"peak RSS {cdo_rss:.2f} GB  (-P {threads})"
             )
-            print(f"   ratio CDO time / seqvit time: {cdo_s / ours_s:.2f}  ({'seqvit faster' if cdo_s > ours_s else 'CDO faster'}; CDO -P {threads})", flush=True)
+            print(
+                f"   ratio CDO time / seqvit time: {cdo_s / ours_s:.2f}  ({'seqvit faster' if cdo_s > ours_s else 'CDO faster'}; CDO -P {threads})",
+                flush=True,
+            )
             if n_times < HOURS_PER_YEAR:
                 factor = HOURS_PER_YEAR / n_times
-                print(f"   extrapolated to a year ({HOURS_PER_YEAR} steps, linear in steps): seqvit {ours_s * factor:.0f} s, CDO {cdo_s * factor:.0f} s")
+                print(
+                    f"   extrapolated to a year ({HOURS_PER_YEAR} steps, linear in steps): seqvit {ours_s * factor:.0f} s, CDO {cdo_s * factor:.0f} s"
+                )
 
         with xr.open_dataset(ours_out) as ours, xr.open_dataset(cdo_out) as theirs, xr.open_dataset(source) as raw:
             picks = np.unique(np.linspace(0, n_times - 1, min(n_times, 48)).astype(int))
@@ -254,7 +296,9 @@ def scale(cdo: str, args, workdir: Path) -> None:
             inputs = raw["t2m"].isel(valid_time=picks).values
             value_range = (inputs.max(axis=(1, 2)) - inputs.min(axis=(1, 2))).astype(np.float64)[:, None, None]
             every, polar = relative_differences(got, expected, value_range)
-            print(f"   outputs on {picks.size} sampled steps: max |seqvit - CDO| / range {every:.1e}, polar rows {polar:.1e}")
+            print(
+                f"   outputs on {picks.size} sampled steps: max |seqvit - CDO| / range {every:.1e}, polar rows {polar:.1e}"
+            )
             grid = named_grid(args.grid)
             kept = np.abs(global_mean(got, grid.lat) / global_mean(inputs[:, ::-1], era5_grid(0.25).lat) - 1).max()
             print(f"   global mean kept by seqvit to {kept:.1e} (relative)")
@@ -276,14 +320,18 @@ def _read_file(path: Path) -> float:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--hours", type=int, default=HOURS_PER_YEAR, help="hourly steps in the 0.25 deg input (default: a year)")
+    parser.add_argument(
+        "--hours", type=int, default=HOURS_PER_YEAR, help="hourly steps in the 0.25 deg input (default: a year)"
+    )
     parser.add_argument("--grid", default="5.625deg")
     parser.add_argument("--method", default="conservative", choices=sorted(CDO_OPERATOR))
     parser.add_argument("--workdir", type=Path, default=ROOT / "results" / "benchmarks" / "regrid-vs-cdo")
     parser.add_argument("--keep-input", action="store_true", help="keep (and reuse) the large input file")
     parser.add_argument("--compress-input", action="store_true", help="write the input zlib-compressed (CDS files are)")
     parser.add_argument("--cdo-threads", type=int, nargs="+", default=[1], help="CDO -P values to time, e.g. 1 2")
-    parser.add_argument("--no-read-baseline", dest="measure_read", action="store_false", help="skip the plain-read timing")
+    parser.add_argument(
+        "--no-read-baseline", dest="measure_read", action="store_false", help="skip the plain-read timing"
+    )
     parser.add_argument("--accuracy-only", action="store_true")
     parser.add_argument("--scale-only", action="store_true")
     args = parser.parse_args(argv)

@@ -24,7 +24,6 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from loader import build_store  # noqa: E402  (the benchmark next door builds the same kind of store)
-
 from seqvit.train.engine import train  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,8 +49,14 @@ def main() -> None:
         for patch in args.patches:
             store, data_cfg = build_store(tmp / f"data{patch}", 32, 64, patch, 200, segments=8, years=(2015, 2016))
             cfg = {**copy.deepcopy(demo), **data_cfg}
-            cfg["train"].update(steps=args.steps, log_every=args.steps - 10, val_every=10**6, checkpoint_every=10**6,
-                                warmup_steps=5, threads=args.threads)  # fmt: skip
+            cfg["train"].update(
+                steps=args.steps,
+                log_every=args.steps - 10,
+                val_every=10**6,
+                checkpoint_every=10**6,
+                warmup_steps=5,
+                threads=args.threads,
+            )
             print(header)
             variants = [(f"p{patch} fp32 ZeRO-0, {w} workers", {"loader_workers": w}) for w in args.workers]
             variants += [(f"p{patch} fp32 ZeRO-{z}", {"zero_stage": z}) for z in (1, 2, 3)]

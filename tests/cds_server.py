@@ -156,18 +156,19 @@ class FakeCds:
             shape = (len(times), *([len(levels)] if levels else []), len(lat), len(lon))
             hours = (times - times[0]).astype("timedelta64[h]").astype(np.float32) if len(times) else np.zeros(0)
             field = (
-                250.0
-                + 20.0 * np.cos(np.deg2rad(lat))[:, None]
-                + 3.0 * np.sin(np.deg2rad(lon))[None, :]
-                + position
+                250.0 + 20.0 * np.cos(np.deg2rad(lat))[:, None] + 3.0 * np.sin(np.deg2rad(lon))[None, :] + position
             ).astype(np.float32)
             values = np.broadcast_to(field, shape).copy()
             values += hours.reshape((-1,) + (1,) * (len(shape) - 1)) * 0.01
             if self.faults.empty_field and self.faults.empty_field[0] == short:
                 values[self.faults.empty_field[1]] = np.nan
             dims = ("valid_time", *(["pressure_level"] if levels else []), "latitude", "longitude")
-            attrs = {"units": units, "long_name": cds_name.replace("_", " "), "standard_name": "unknown",
-                     "GRIB_stepType": step_type}  # fmt: skip
+            attrs = {
+                "units": units,
+                "long_name": cds_name.replace("_", " "),
+                "standard_name": "unknown",
+                "GRIB_stepType": step_type,
+            }
             streams.setdefault(step_type, {})[short] = xr.Variable(dims, values, attrs)
         files = {}
         for step_type, variables in streams.items():
@@ -237,7 +238,9 @@ def _handler_for(server: FakeCds):
             self._record(endpoint, status)
 
         def _error(self, status: int, title: str, detail: str, endpoint: str) -> None:
-            self._send_json(status, {"type": "about:blank", "title": title, "status": status, "detail": detail}, endpoint)
+            self._send_json(
+                status, {"type": "about:blank", "title": title, "status": status, "detail": detail}, endpoint
+            )
 
         def _record(self, endpoint: str, status: int) -> None:
             with server._lock:
@@ -250,10 +253,20 @@ def _handler_for(server: FakeCds):
             queue = server.faults.http.get(endpoint)
             if queue:
                 status = queue.popleft()
-                titles = {429: "Too Many Requests", 500: "Internal Server Error", 502: "Bad Gateway",
-                          503: "Service Unavailable", 504: "Gateway Timeout"}  # fmt: skip
+                titles = {
+                    429: "Too Many Requests",
+                    500: "Internal Server Error",
+                    502: "Bad Gateway",
+                    503: "Service Unavailable",
+                    504: "Gateway Timeout",
+                }
                 headers = {"Retry-After": f"{server.faults.retry_after:g}"} if server.faults.retry_after else None
-                body = {"type": "about:blank", "title": titles.get(status, "error"), "status": status, "detail": "injected fault"}
+                body = {
+                    "type": "about:blank",
+                    "title": titles.get(status, "error"),
+                    "status": status,
+                    "detail": "injected fault",
+                }
                 self._send_json(status, body, endpoint, headers)
                 return True
             return False
@@ -300,20 +313,28 @@ def _handler_for(server: FakeCds):
                 return self._error(404, "Not Found", f"process {dataset} not found", endpoint)
             if not server.faults.licence_accepted:
                 return self._error(
-                    403, "required licences not accepted",
-                    f"required licences not accepted: please accept the licence of {dataset}", endpoint,
-                )  # fmt: skip
+                    403,
+                    "required licences not accepted",
+                    f"required licences not accepted: please accept the licence of {dataset}",
+                    endpoint,
+                )
             inputs = body.get("inputs", {})
             unknown = [v for v in inputs.get("variable", []) if v not in SHORT_NAMES[dataset]]
             if unknown:
                 return self._error(
-                    400, "invalid request",
+                    400,
+                    "invalid request",
                     f"Request has not produced a valid combination of values, please check your selection. variable: {unknown}",
                     endpoint,
-                )  # fmt: skip
-            fields = len(inputs["variable"]) * max(1, len(inputs.get("pressure_level", []))) * len(inputs["day"]) * len(
-                inputs["time"]
-            ) * len(inputs["month"]) * len(inputs["year"])
+                )
+            fields = (
+                len(inputs["variable"])
+                * max(1, len(inputs.get("pressure_level", [])))
+                * len(inputs["day"])
+                * len(inputs["time"])
+                * len(inputs["month"])
+                * len(inputs["year"])
+            )
             if server.faults.max_fields is not None and fields > server.faults.max_fields:
                 return self._error(
                     403, "cost limits exceeded", "Your request is too large, please reduce your selection.", endpoint
@@ -356,11 +377,16 @@ def _handler_for(server: FakeCds):
                         job["status"] = "failed" if job["fail"] else "successful"
                     return self._send_json(200, self._job_document(job), endpoint)
                 if job["status"] == "failed":  # the CDS answers 400 with the reason of the failure
-                    return self._send_json(400, {
-                        "type": "job results failed", "title": "The job has failed",
-                        "detail": "injected failure",
-                        "traceback": "Traceback (most recent call last):\n  ...\nMarsError: no data for 2018-01",
-                    }, endpoint)
+                    return self._send_json(
+                        400,
+                        {
+                            "type": "job results failed",
+                            "title": "The job has failed",
+                            "detail": "injected failure",
+                            "traceback": "Traceback (most recent call last):\n  ...\nMarsError: no data for 2018-01",
+                        },
+                        endpoint,
+                    )
                 payload, ext = self._payload(job)
                 asset = {
                     "type": "application/zip" if ext == "zip" else "application/netcdf",

@@ -5,10 +5,10 @@ import pandas as pd
 import pytest
 import xarray as xr
 
-from seqvit.errors import SeqvitError
-from seqvit.evaluate import baselines
 from conftest import stamp_lineage
 from seqvit import lineage
+from seqvit.errors import SeqvitError
+from seqvit.evaluate import baselines
 
 LAT = np.array([-67.5, -22.5, 22.5, 67.5])
 LON = np.arange(8) * 45.0
@@ -18,7 +18,13 @@ HOURS = [0, 6, 12, 18]
 def make_cfg(leads=(6, 24), variables=("t2m",)):
     return {
         "experiment": "unit",
-        "data": {"years": [2001, 2002, 2003], "hours": HOURS, "single_level": ["t2m"], "pressure_level": ["u"], "levels": [500]},
+        "data": {
+            "years": [2001, 2002, 2003],
+            "hours": HOURS,
+            "single_level": ["t2m"],
+            "pressure_level": ["u"],
+            "levels": [500],
+        },
         "splits": {"train": [2001], "val": [2002], "test": [2003]},
         "evaluate": {"variables": list(variables), "lead_hours": list(leads)},
     }
@@ -52,7 +58,10 @@ def write_regridded(root, times, t2m, u500):
 def write_stats(root, channels, mean, std):
     path = root / "stats" / "stats.nc"
     path.parent.mkdir(parents=True, exist_ok=True)
-    xr.Dataset({"mean": ("channel", np.asarray(mean, float)), "std": ("channel", np.asarray(std, float))}, coords={"channel": channels}).to_netcdf(path)
+    xr.Dataset(
+        {"mean": ("channel", np.asarray(mean, float)), "std": ("channel", np.asarray(std, float))},
+        coords={"channel": channels},
+    ).to_netcdf(path)
     stamp_lineage(path, lineage.stats(make_cfg()))
     return path
 
@@ -99,7 +108,9 @@ def test_persistence_is_exact_and_follows_format_7(simple_files):
     assert inits[0] == pd.Timestamp("2003-01-01") and inits[-1] == pd.Timestamp("2003-12-30 18:00")
     assert len(inits) == 1460 - 4
     # Perfect on a field constant in time; equal to the init-time value of a known series.
-    np.testing.assert_array_equal(forecast.sel(channel="t2m").values, np.broadcast_to(pattern, forecast.sel(channel="t2m").shape))
+    np.testing.assert_array_equal(
+        forecast.sel(channel="t2m").values, np.broadcast_to(pattern, forecast.sel(channel="t2m").shape)
+    )
     index_at_init = all_times().get_indexer(inits)
     for lead in (6, 24):
         np.testing.assert_array_equal(forecast.sel(lead_hours=lead, channel="u_500").values[:, 0, 0], index_at_init)

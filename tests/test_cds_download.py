@@ -17,8 +17,8 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import yaml
-from cds_server import FakeCds
 
+from cds_server import FakeCds
 from seqvit.cli import main
 from seqvit.data import era5
 from seqvit.data.sources import download, find_request, state
@@ -44,9 +44,15 @@ def cfg(demo_cfg, tmp_path):
     cfg["source"] = {
         "kind": "cds",
         "grid": [45, 45],
-        "retry": {"attempts": 3, "backoff_s": 0.01, "backoff_max_s": 0.02, "client_retry_max": 3,
-                  "client_sleep_max": 0.01, "timeout_s": 5},
-    }  # fmt: skip
+        "retry": {
+            "attempts": 3,
+            "backoff_s": 0.01,
+            "backoff_max_s": 0.02,
+            "client_retry_max": 3,
+            "client_sleep_max": 0.01,
+            "timeout_s": 5,
+        },
+    }
     cfg["data"].update(years=[2018], months=[1], hours=[0, 12], single_level=["t2m", "tp"], pressure_level=["t"])
     cfg["data"]["levels"] = [500, 850]
     return cfg
@@ -155,7 +161,9 @@ def test_rejected_key(cds, cfg, tmp_path, monkeypatch, capsys):
 
 def test_licence_not_accepted(cds, cfg):
     cds.faults.licence_accepted = False
-    with pytest.raises(SeqvitError, match=r"not accepted the licence of reanalysis-era5-single-levels.*datasets/reanalysis"):
+    with pytest.raises(
+        SeqvitError, match=r"not accepted the licence of reanalysis-era5-single-levels.*datasets/reanalysis"
+    ):
         download(cfg)
     assert_nothing_accepted(cfg, SINGLE)
 
@@ -169,7 +177,9 @@ def test_unknown_dataset(cds, cfg):
 
 def test_variable_the_dataset_does_not_have(cds, cfg):
     cfg["data"]["single_level"] = ["t2m", "d2m"]  # known to seqvit, not offered by this server
-    with pytest.raises(SeqvitError, match=r"refused request single-levels/2018/01 as invalid \(400 invalid request.*2m_dewpoint"):
+    with pytest.raises(
+        SeqvitError, match=r"refused request single-levels/2018/01 as invalid \(400 invalid request.*2m_dewpoint"
+    ):
         download(cfg)
     assert_nothing_accepted(cfg, SINGLE)
 
@@ -233,9 +243,11 @@ def test_request_too_large_is_split_in_time_and_joined(cds, cfg):
     assert cds.count("execution", "POST", 403) == 3 and cds.count("execution", "POST", 201) == 4
     record = manifest(cfg, SINGLE)
     assert [p["label"] for p in record["parts"]] == [
-        "single-levels 2018-01 days 1-7", "single-levels 2018-01 days 8-15",
-        "single-levels 2018-01 days 16-23", "single-levels 2018-01 days 24-31",
-    ]  # fmt: skip
+        "single-levels 2018-01 days 1-7",
+        "single-levels 2018-01 days 8-15",
+        "single-levels 2018-01 days 16-23",
+        "single-levels 2018-01 days 24-31",
+    ]
     assert len({p["request_id"] for p in record["parts"]}) == 4
     joined = era5.open_raw(final(cfg, SINGLE))
     assert joined.sizes["time"] == 62 and sorted(joined.data_vars) == ["t2m", "tp"]
@@ -266,7 +278,9 @@ def test_truncated_large_download_resumes_with_a_range_request(cds, cfg):
 
 def test_download_truncated_every_time_is_a_clear_error(cds, cfg):
     cds.faults.truncate_downloads = 1000
-    with pytest.raises(SeqvitError, match=r"CDS request pressure-levels/2018/01 .* failed 3 times; last error: connection problem"):
+    with pytest.raises(
+        SeqvitError, match=r"CDS request pressure-levels/2018/01 .* failed 3 times; last error: connection problem"
+    ):
         download(cfg, [PRESSURE])
     assert_nothing_accepted(cfg, PRESSURE)
 
@@ -279,7 +293,9 @@ def test_garbage_of_the_right_size_is_fetched_again(cds, cfg):
 
 def test_file_missing_one_time_step_is_rejected(cds, cfg):
     cds.faults.drop_time_steps = 1
-    with pytest.raises(SeqvitError, match=r"lacks 1 of the 62 requested time steps \(2018-01-31T12:00\).*rerun later") as info:
+    with pytest.raises(
+        SeqvitError, match=r"lacks 1 of the 62 requested time steps \(2018-01-31T12:00\).*rerun later"
+    ) as info:
         download(cfg, [PRESSURE])
     assert_nothing_accepted(cfg, PRESSURE)
     # the message names the request and the file it was to become, not a temporary that is gone
@@ -315,8 +331,10 @@ def test_killed_mid_download_leaves_no_file_and_the_rerun_resumes_the_same_job(c
     cds.faults.stall_download = threading.Event()
     proc = subprocess.Popen(
         [sys.executable, "-m", "seqvit.cli", "download", "--config", str(path), "--request", PRESSURE],
-        env=dict(os.environ), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )  # fmt: skip
+        env=dict(os.environ),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         assert cds.download_started.wait(60), "the download never started"
     finally:

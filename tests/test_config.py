@@ -3,13 +3,13 @@ import shutil
 import subprocess
 import sys
 import zipfile
+from pathlib import Path
 
 import pytest
 import yaml
 
 from seqvit.config import load_config, load_configs
 from seqvit.errors import SeqvitError
-from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -113,9 +113,21 @@ def test_schema_ships_inside_the_installed_package(tmp_path):
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, tmp_path / name)
     proc = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path / "dist"), str(tmp_path)],
-        capture_output=True, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path / "dist"),
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr
     (wheel,) = (tmp_path / "dist").glob("seqvit-*.whl")
     with zipfile.ZipFile(wheel) as archive:
@@ -128,8 +140,13 @@ def test_schema_ships_inside_the_installed_package(tmp_path):
         "try:\n    c.load_config(sys.argv[1], ['train.lrr=0.1'])\nexcept Exception as e:\n    print(e)"
     )
     env = {**os.environ, "PYTHONPATH": str(tmp_path / "site")}
-    proc = subprocess.run([sys.executable, "-c", script, str(ROOT / "config" / "config.yaml")],
-                          cwd=tmp_path, env=env, capture_output=True, text=True)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-c", script, str(ROOT / "config" / "config.yaml")],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     where, message = proc.stdout.splitlines()[:2]
     assert Path(where).is_relative_to(tmp_path / "site"), proc.stdout + proc.stderr
     assert "config key train.lrr: unknown; did you mean train.lr?" in message
@@ -196,7 +213,12 @@ def test_climatology_years_must_be_training_or_earlier_years_with_data(demo_cfg)
 
 @pytest.mark.parametrize(
     "key, years",
-    [("splits.train", [2014, 2015]), ("splits.val", [2017, 2019]), ("splits.test", [2020]), ("stats.climatology_years", [2013])],
+    [
+        ("splits.train", [2014, 2015]),
+        ("splits.val", [2017, 2019]),
+        ("splits.test", [2020]),
+        ("stats.climatology_years", [2013]),
+    ],
 )
 def test_years_outside_data_years_are_refused(demo_cfg, key, years):
     from seqvit.config import validate
@@ -204,7 +226,9 @@ def test_years_outside_data_years_are_refused(demo_cfg, key, years):
     section, name = key.split(".")
     demo_cfg.setdefault(section, {})[name] = years
     outside = [y for y in years if y not in demo_cfg["data"]["years"]]
-    with pytest.raises(SeqvitError, match=rf"config key {key}: year\(s\) \[{', '.join(map(str, outside))}\] are not in data\.years"):
+    with pytest.raises(
+        SeqvitError, match=rf"config key {key}: year\(s\) \[{', '.join(map(str, outside))}\] are not in data\.years"
+    ):
         validate(demo_cfg)
 
 
@@ -245,7 +269,9 @@ def test_evaluation_leads_must_be_trained_unless_extrapolation_is_asked_for(demo
     from seqvit.config import validate
 
     demo_cfg["evaluate"]["lead_hours"] = [6, 24, 48]
-    with pytest.raises(SeqvitError, match=r"evaluate\.lead_hours: \[48\] h are not in train\.lead_hours \[6, 24\].*extrapolate_leads"):
+    with pytest.raises(
+        SeqvitError, match=r"evaluate\.lead_hours: \[48\] h are not in train\.lead_hours \[6, 24\].*extrapolate_leads"
+    ):
         validate(demo_cfg)
     demo_cfg["evaluate"]["extrapolate_leads"] = True
     validate(demo_cfg)
@@ -255,7 +281,9 @@ def test_evaluation_leads_must_be_trained_unless_extrapolation_is_asked_for(demo
 def test_results_path_the_shell_would_split_is_refused(tmp_path, capsys, results):
     from seqvit.cli import main
 
-    assert main(["paths", "--config", str(ROOT / "config" / "config.yaml"), "--set", f"results={tmp_path / results}"]) == 2
+    assert (
+        main(["paths", "--config", str(ROOT / "config" / "config.yaml"), "--set", f"results={tmp_path / results}"]) == 2
+    )
     err = capsys.readouterr().err
     assert "config key results" in err and "without spaces or shell characters" in err
 

@@ -13,8 +13,20 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def dry_run(configfile: Path, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    command = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--directory", str(cwd),
-               "--configfile", str(configfile), "-n", "--quiet", "rules"]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "-s",
+        str(ROOT / "Snakefile"),
+        "--directory",
+        str(cwd),
+        "--configfile",
+        str(configfile),
+        "-n",
+        "--quiet",
+        "rules",
+    ]
     return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
 
@@ -31,14 +43,21 @@ def test_a_good_config_plans_every_stage(demo_cfg, tmp_path):
 @pytest.mark.parametrize(
     "change, filename, message",
     [
-        ({"splits": {"val": [2018]}}, "config.yaml",
-         "config keys splits.val and splits.test: year(s) [2018] are in both"),
+        (
+            {"splits": {"val": [2018]}},
+            "config.yaml",
+            "config keys splits.val and splits.test: year(s) [2018] are in both",
+        ),
         ({"train": {"lrr": 0.1}}, "config.yaml", "config key train.lrr: unknown; did you mean train.lr?"),
-        ({"train": {"lead_hours": [6, 9]}}, "config.yaml", "config key train.lead_hours: [9] h are not multiples of 6 h"),
+        (
+            {"train": {"lead_hours": [6, 9]}},
+            "config.yaml",
+            "config key train.lead_hours: [9] h are not multiples of 6 h",
+        ),
         ({"splits": {"test": [2019]}}, "config.yaml", "config key splits.test: year(s) [2019] are not in data.years"),
         ({"results": "my results"}, "config.yaml", "config key results 'my results': contains ' '"),
     ],
-)  # fmt: skip
+)
 def test_snakemake_refuses_a_bad_config_before_any_job(demo_cfg, tmp_path, change, filename, message):
     demo_cfg["results"] = "results"
     for section, value in change.items():

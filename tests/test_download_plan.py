@@ -36,18 +36,30 @@ def test_default_is_one_request_per_group_and_month(cds_cfg):
     cds_cfg["source"]["data_format"] = "grib"
     requests = plan_requests(cds_cfg)
     assert [r.id for r in requests] == [
-        "single-levels/2015/01", "single-levels/2015/02",
-        "single-levels/2016/01", "single-levels/2016/02", "single-levels/2017/01", "single-levels/2017/02",
-        "pressure-levels/2015/01", "pressure-levels/2015/02",
-        "pressure-levels/2016/01", "pressure-levels/2016/02", "pressure-levels/2017/01", "pressure-levels/2017/02",
-    ]  # fmt: skip
+        "single-levels/2015/01",
+        "single-levels/2015/02",
+        "single-levels/2016/01",
+        "single-levels/2016/02",
+        "single-levels/2017/01",
+        "single-levels/2017/02",
+        "pressure-levels/2015/01",
+        "pressure-levels/2015/02",
+        "pressure-levels/2016/01",
+        "pressure-levels/2016/02",
+        "pressure-levels/2017/01",
+        "pressure-levels/2017/02",
+    ]
     feb = find_request(cds_cfg, "pressure-levels/2016/02")
     assert feb.days == tuple(range(1, 30)) and feb.fields == 6 * 5 * 29 * 24  # leap year
     body = feb.cds_request()
     assert body["variable"] == [
-        "geopotential", "temperature", "u_component_of_wind", "v_component_of_wind", "specific_humidity",
+        "geopotential",
+        "temperature",
+        "u_component_of_wind",
+        "v_component_of_wind",
+        "specific_humidity",
         "relative_humidity",
-    ]  # fmt: skip
+    ]
     assert body["pressure_level"] == ["50", "250", "500", "850", "1000"]
     assert body["year"] == ["2016"] and body["month"] == ["02"] and body["day"][-1] == "29"
     assert body["time"][:2] == ["00:00", "01:00"] and body["data_format"] == "grib"
@@ -73,8 +85,16 @@ def test_large_months_split_into_runs_of_days_under_the_limit(cds_cfg):
 def test_a_day_too_large_splits_into_hours_and_one_step_too_large_is_an_error(cds_cfg):
     cds_cfg["source"]["max_fields"] = 100  # one day of pressure levels is 720 fields
     parts = [r for r in plan_requests(cds_cfg) if r.id.startswith("pressure-levels/2016/01_d01_")]
-    assert [r.stem for r in parts] == ["01_d01_h00-02", "01_d01_h03-05", "01_d01_h06-08", "01_d01_h09-11",
-                                       "01_d01_h12-14", "01_d01_h15-17", "01_d01_h18-20", "01_d01_h21-23"]  # fmt: skip
+    assert [r.stem for r in parts] == [
+        "01_d01_h00-02",
+        "01_d01_h03-05",
+        "01_d01_h06-08",
+        "01_d01_h09-11",
+        "01_d01_h12-14",
+        "01_d01_h15-17",
+        "01_d01_h18-20",
+        "01_d01_h21-23",
+    ]
     assert all(r.fields <= 100 for r in parts)
     cds_cfg["source"]["max_fields"] = 20
     with pytest.raises(SeqvitError, match="one time step of pressure-levels .* exceeds the CDS limit of 20"):
@@ -157,8 +177,14 @@ def test_plan_prints_requests_and_sends_nothing(cds_cfg, tmp_path, monkeypatch, 
 
 def snakemake(args, cwd):
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    proc = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--directory", str(cwd), *args],
-                          cwd=cwd, env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--directory", str(cwd), *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc.stdout + proc.stderr
 

@@ -37,9 +37,7 @@ def test_cds_layout_becomes_canonical(tmp_path):
     assert list(ds["level"].values) == [500, 850]
     assert np.all(np.diff(ds["latitude"].values) > 0)
     assert "number" not in ds.variables and "expver" not in ds.variables
-    np.testing.assert_array_equal(
-        ds["t"].sel(level=850).values, src["t"].sel(pressure_level=850.0).values[:, ::-1, :]
-    )
+    np.testing.assert_array_equal(ds["t"].sel(level=850).values, src["t"].sel(pressure_level=850.0).values[:, ::-1, :])
 
 
 def test_months_are_concatenated_in_time(tmp_path):

@@ -5,10 +5,10 @@ import pandas as pd
 import pytest
 import xarray as xr
 
-from seqvit.errors import SeqvitError
-from seqvit.evaluate import baselines, report
 from conftest import stamp_lineage
 from seqvit import lineage
+from seqvit.errors import SeqvitError
+from seqvit.evaluate import baselines, report
 
 LAT = np.array([-67.5, -22.5, 22.5, 67.5])
 LON = np.arange(8) * 45.0
@@ -34,7 +34,8 @@ def setup(tmp_path):
     coords = {"time": times, "latitude": LAT, "longitude": LON}
     single = xr.Dataset({"t2m": (("time", "latitude", "longitude"), t2m.astype(np.float32))}, coords=coords)
     pressure = xr.Dataset(
-        {"t": (("time", "level", "latitude", "longitude"), t850[:, None].astype(np.float32))}, coords={**coords, "level": [850]}
+        {"t": (("time", "level", "latitude", "longitude"), t850[:, None].astype(np.float32))},
+        coords={**coords, "level": [850]},
     )
     paths = []
     for group, ds in (("single-levels", single), ("pressure-levels", pressure)):
@@ -53,7 +54,9 @@ def setup(tmp_path):
     stamp_lineage(clim, lineage.climatology(CFG))
     predictions = {}
     for name in ("persistence", "climatology"):
-        predictions[name] = baselines.run_baseline(CFG, name, paths, None, clim, tmp_path / "predictions" / f"{name}.nc")
+        predictions[name] = baselines.run_baseline(
+            CFG, name, paths, None, clim, tmp_path / "predictions" / f"{name}.nc"
+        )
     return tmp_path, paths, clim, predictions
 
 
@@ -65,7 +68,10 @@ def write_shifted_truth(path, reference_nc, paths, offset):
         template = ds["forecast"].load()
     truth = open_channels(paths, CHANNELS)
     inits = pd.DatetimeIndex(template["time"].values)
-    pieces = [truth.sel(time=inits + pd.Timedelta(hours=int(h))).assign_coords(time=inits.values) + offset for h in template["lead_hours"].values]
+    pieces = [
+        truth.sel(time=inits + pd.Timedelta(hours=int(h))).assign_coords(time=inits.values) + offset
+        for h in template["lead_hours"].values
+    ]
     forecast = xr.concat(pieces, dim=pd.Index(template["lead_hours"].values, name="lead_hours"))
     return baselines.write_predictions(forecast.transpose(*template.dims), path, "vit-p4", FORECAST_ATTRS)
 
@@ -77,7 +83,18 @@ def test_evaluate_writes_tables_and_figures(setup, capsys):
     table = report.evaluate(CFG, {"vit-p4": vit, **predictions}, paths, clim, out)
 
     metrics = pd.read_csv(out / "metrics.csv")
-    assert list(metrics.columns) == ["run", "model", "variable", "lead_hours", "rmse", "acc", "bias", "mse", "rmse_mean_per_time", "n_times"]
+    assert list(metrics.columns) == [
+        "run",
+        "model",
+        "variable",
+        "lead_hours",
+        "rmse",
+        "acc",
+        "bias",
+        "mse",
+        "rmse_mean_per_time",
+        "n_times",
+    ]
     assert len(metrics) == 3 * 2 * 2 and (metrics["run"] == "unit").all()
     pd.testing.assert_frame_equal(metrics, table, check_dtype=False)
     vit_rows = metrics[metrics["model"] == "vit-p4"]
@@ -125,18 +142,32 @@ def test_seqlen_figure_draws_each_baseline_in_its_own_colour_and_style(monkeypat
 
     drawn = []
     monkeypatch.setattr(figures, "_save", lambda fig, path, dpi=150: drawn.append(fig) or path)
-    long = pd.DataFrame([{"variable": "t2m", "lead_hours": 6, "seq_len": n, "patch_size": p, "rmse": r}
-                         for n, p, r in ((32, 8, 1.5), (128, 4, 1.2))])
+    long = pd.DataFrame(
+        [
+            {"variable": "t2m", "lead_hours": 6, "seq_len": n, "patch_size": p, "rmse": r}
+            for n, p, r in ((32, 8, 1.5), (128, 4, 1.2))
+        ]
+    )
     change = pd.DataFrame([{"variable": "t2m", "lead_hours": 6, "change_pct": -20.0}])
     # persistence and climatology with nearly the same score: the case where they were indistinguishable
-    baselines = pd.DataFrame([{"model": m, "variable": "t2m", "lead_hours": 6, "rmse": r}
-                              for m, r in (("climatology", 2.0), ("persistence", 2.01), ("linear", 1.8))])
+    baselines = pd.DataFrame(
+        [
+            {"model": m, "variable": "t2m", "lead_hours": 6, "rmse": r}
+            for m, r in (("climatology", 2.0), ("persistence", 2.01), ("linear", 1.8))
+        ]
+    )
     figures.rmse_vs_seqlen(long, change, baselines, tmp_path / "seqlen.png")
     lines = {line.get_label(): line for line in drawn[0].axes[0].get_lines()}
-    look = {name: (to_hex(lines[name].get_color()), lines[name].get_linestyle())
-            for name in ("ViT, 6 h", "climatology, 6 h", "persistence, 6 h", "linear, 6 h")}
+    look = {
+        name: (to_hex(lines[name].get_color()), lines[name].get_linestyle())
+        for name in ("ViT, 6 h", "climatology, 6 h", "persistence, 6 h", "linear, 6 h")
+    }
     # every line its own style, the ones the caption (workflow/report/rmse_vs_seqlen.rst) names
     assert {name: style for name, (_, style) in look.items()} == {
-        "ViT, 6 h": "-", "persistence, 6 h": "--", "climatology, 6 h": ":", "linear, 6 h": "-."}
+        "ViT, 6 h": "-",
+        "persistence, 6 h": "--",
+        "climatology, 6 h": ":",
+        "linear, 6 h": "-.",
+    }
     colors = [look[name][0] for name in ("ViT, 6 h", "climatology, 6 h", "persistence, 6 h")]
     assert len(set(colors)) == 3  # and the two similar baselines their own shades of the lead's colour

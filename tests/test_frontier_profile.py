@@ -37,8 +37,20 @@ def path_without_slurm(tmp_path) -> str:
 
 def test_dry_run_without_slurm_shows_each_training_job(tmp_path):
     env = {**os.environ, "PATH": path_without_slurm(tmp_path), "SEQVIT_SLURM_ACCOUNT": "CLI000"}
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--directory", str(tmp_path / "work"),
-           "--profile", str(ROOT / "profiles" / "frontier"), "--configfile", str(SEQSCALE), "-n"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "-s",
+        str(ROOT / "Snakefile"),
+        "--directory",
+        str(tmp_path / "work"),
+        "--profile",
+        str(ROOT / "profiles" / "frontier"),
+        "--configfile",
+        str(SEQSCALE),
+        "-n",
+    ]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     jobs = {
@@ -55,11 +67,17 @@ def test_dry_run_without_slurm_shows_each_training_job(tmp_path):
         tasks = int(options.get("ntasks", 0)) or nodes * int(options["ntasks-per-node"])
         assert tasks == run["sp"] * run["dp"], (patch, sbatch)
         assert tasks <= nodes * cfg["cluster"]["tasks_per_node"] and options["cpus-per-task"] == "7"
-        allowed = [b["max_minutes"] for b in bins if b["name"] == options["partition"] and b["min_nodes"] <= nodes <= b["max_nodes"]]
+        allowed = [
+            b["max_minutes"]
+            for b in bins
+            if b["name"] == options["partition"] and b["min_nodes"] <= nodes <= b["max_nodes"]
+        ]
         assert allowed and int(options["time"]) <= max(allowed), (patch, sbatch)
         assert options["signal"] == "USR1@600"
     # the longest sequence: 1,036,800 tokens over 64 GCDs on 8 nodes, launched by srun
-    assert "srun --nodes 8 --ntasks 64 --cpus-per-task 7 --gpus-per-task=1 --gpu-bind=closest seqvit train" in proc.stdout
+    assert (
+        "srun --nodes 8 --ntasks 64 --cpus-per-task 7 --gpus-per-task=1 --gpu-bind=closest seqvit train" in proc.stdout
+    )
 
 
 @pytest.fixture
@@ -107,11 +125,14 @@ def test_profile_account_comes_from_the_environment():
     assert profile["jobs"] < 100 and profile["executor"] == "slurm"
 
 
-@pytest.mark.parametrize("value, environ, account", [
-    ("$SEQVIT_SLURM_ACCOUNT", {"SEQVIT_SLURM_ACCOUNT": "CLI000"}, "CLI000"),
-    ("${SEQVIT_SLURM_ACCOUNT}", {"SEQVIT_SLURM_ACCOUNT": " CLI000 "}, "CLI000"),
-    ("none", {}, "none"),  # profiles/ci-slurm: a plain name
-])
+@pytest.mark.parametrize(
+    "value, environ, account",
+    [
+        ("$SEQVIT_SLURM_ACCOUNT", {"SEQVIT_SLURM_ACCOUNT": "CLI000"}, "CLI000"),
+        ("${SEQVIT_SLURM_ACCOUNT}", {"SEQVIT_SLURM_ACCOUNT": " CLI000 "}, "CLI000"),
+        ("none", {}, "none"),  # profiles/ci-slurm: a plain name
+    ],
+)
 def test_account_variables_are_expanded(value, environ, account):
     assert check_slurm_account(value, environ) == account
 
@@ -129,12 +150,23 @@ def test_unset_account_stops_the_workflow_before_anything_is_submitted(tmp_path)
     calls = tmp_path / "slurm-calls.log"
     for name in SLURM_COMMANDS:
         script = fake / name
-        script.write_text(f"#!/bin/sh\necho {name} \"$@\" >> {calls}\nexit 1\n")
+        script.write_text(f'#!/bin/sh\necho {name} "$@" >> {calls}\nexit 1\n')
         script.chmod(0o755)
     env = {k: v for k, v in os.environ.items() if k != "SEQVIT_SLURM_ACCOUNT"}
     env["PATH"] = f"{fake}{os.pathsep}{path_without_slurm(tmp_path)}"
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--directory", str(tmp_path / "work"),
-           "--profile", str(ROOT / "profiles" / "frontier"), "--configfile", str(SEQSCALE)]  # a real run, not -n
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "-s",
+        str(ROOT / "Snakefile"),
+        "--directory",
+        str(tmp_path / "work"),
+        "--profile",
+        str(ROOT / "profiles" / "frontier"),
+        "--configfile",
+        str(SEQSCALE),
+    ]  # a real run, not -n
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0, out[-3000:]
@@ -149,8 +181,9 @@ def make_frontier_profile(home: Path) -> subprocess.CompletedProcess:
         pytest.skip("make is not installed")
     env = {**os.environ, "HOME": str(home)}
     env.pop("MAKEFLAGS", None)
-    return subprocess.run(["make", "-s", "-C", str(ROOT), "frontier-profile"], env=env, capture_output=True, text=True,
-                          timeout=60)
+    return subprocess.run(
+        ["make", "-s", "-C", str(ROOT), "frontier-profile"], env=env, capture_output=True, text=True, timeout=60
+    )
 
 
 def test_make_frontier_profile_links_and_replaces_an_old_link(tmp_path):

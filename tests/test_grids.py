@@ -6,7 +6,14 @@ from seqvit.errors import SeqvitError
 
 
 @pytest.mark.parametrize(
-    "name, shape", [("5.625deg", (32, 64)), ("2.8125deg", (64, 128)), ("1.40625deg", (128, 256)), ("1deg", (181, 360)), ("0.25deg", (721, 1440))]
+    "name, shape",
+    [
+        ("5.625deg", (32, 64)),
+        ("2.8125deg", (64, 128)),
+        ("1.40625deg", (128, 256)),
+        ("1deg", (181, 360)),
+        ("0.25deg", (721, 1440)),
+    ],
 )
 def test_named_grids(name, shape):
     grid = named_grid(name)

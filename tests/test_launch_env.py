@@ -24,8 +24,10 @@ from seqvit.parallel.hostlist import (
     "nodelist, hosts",
     [
         ("frontier00001", ["frontier00001"]),
-        ("frontier[00001-00004,00010]",
-         ["frontier00001", "frontier00002", "frontier00003", "frontier00004", "frontier00010"]),
+        (
+            "frontier[00001-00004,00010]",
+            ["frontier00001", "frontier00002", "frontier00003", "frontier00004", "frontier00010"],
+        ),
         ("a1,b[2-3]", ["a1", "b2", "b3"]),
         ("rack[1-2]-node[01-02]", ["rack1-node01", "rack1-node02", "rack2-node01", "rack2-node02"]),
         ("n[8-11]", ["n8", "n9", "n10", "n11"]),  # no padding: widths grow
@@ -40,7 +42,7 @@ from seqvit.parallel.hostlist import (
         (" a , b\tc[1, 3 ]\n", ["a", "b", "c1", "c3"]),  # whitespace separates, and is ignored in brackets
         ("a,a", ["a", "a"]),  # duplicates kept
     ],
-)  # fmt: skip
+)
 def test_expand_hostlist(nodelist, hosts):
     assert expand_hostlist(nodelist) == hosts
     assert first_host(nodelist) == hosts[0]
@@ -144,14 +146,32 @@ def test_malformed_tasks_per_node(value):
 
 
 def test_torchrun_environment():
-    env = {"RANK": "5", "WORLD_SIZE": "16", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "4", "MASTER_ADDR": "node7",
-           "MASTER_PORT": "29600", "SLURM_JOB_NODELIST": "other[1-4]"}  # fmt: skip
-    assert groups.launcher_env(env) == {"rank": 5, "world_size": 16, "local_rank": 1, "local_world_size": 4,
-                                        "master_addr": "node7", "master_port": 29600}  # fmt: skip
+    env = {
+        "RANK": "5",
+        "WORLD_SIZE": "16",
+        "LOCAL_RANK": "1",
+        "LOCAL_WORLD_SIZE": "4",
+        "MASTER_ADDR": "node7",
+        "MASTER_PORT": "29600",
+        "SLURM_JOB_NODELIST": "other[1-4]",
+    }
+    assert groups.launcher_env(env) == {
+        "rank": 5,
+        "world_size": 16,
+        "local_rank": 1,
+        "local_world_size": 4,
+        "master_addr": "node7",
+        "master_port": 29600,
+    }
     # hand-set: local values default to the global ones; one process needs no address
     assert groups.launcher_env({"RANK": "0", "WORLD_SIZE": "1"}) == {
-        "rank": 0, "world_size": 1, "local_rank": 0, "local_world_size": 1, "master_addr": None,
-        "master_port": groups.DEFAULT_PORT}  # fmt: skip
+        "rank": 0,
+        "world_size": 1,
+        "local_rank": 0,
+        "local_world_size": 1,
+        "master_addr": None,
+        "master_port": groups.DEFAULT_PORT,
+    }
     assert groups.launcher_env({"RANK": "1", "WORLD_SIZE": "2"})["master_addr"] == "127.0.0.1"
     # torchrun wins over the srun variables around it (torchrun started by srun, one per node)
     nested = {**env, "SLURM_PROCID": "1", "SLURM_NTASKS": "4", "SLURM_LOCALID": "0"}
@@ -159,16 +179,28 @@ def test_torchrun_environment():
 
 
 def _srun(procid, ntasks, localid, nodeid, **extra):
-    return {"SLURM_PROCID": str(procid), "SLURM_NTASKS": str(ntasks), "SLURM_LOCALID": str(localid),
-            "SLURM_NODEID": str(nodeid), "SLURM_JOB_ID": "4242", **extra}  # fmt: skip
+    return {
+        "SLURM_PROCID": str(procid),
+        "SLURM_NTASKS": str(ntasks),
+        "SLURM_LOCALID": str(localid),
+        "SLURM_NODEID": str(nodeid),
+        "SLURM_JOB_ID": "4242",
+        **extra,
+    }
 
 
 def test_srun_on_four_frontier_nodes():
     base = {"SLURM_JOB_NODELIST": "frontier[00007-00008,00100-00101]", "SLURM_TASKS_PER_NODE": "8(x4)"}
     for rank in (0, 9, 31):
         info = groups.launcher_env(_srun(rank, 32, rank % 8, rank // 8, **base))
-        assert info == {"rank": rank, "world_size": 32, "local_rank": rank % 8, "local_world_size": 8,
-                        "master_addr": "frontier00007", "master_port": 20000 + 4242 % 40000}  # fmt: skip
+        assert info == {
+            "rank": rank,
+            "world_size": 32,
+            "local_rank": rank % 8,
+            "local_world_size": 8,
+            "master_addr": "frontier00007",
+            "master_port": 20000 + 4242 % 40000,
+        }
 
 
 def test_srun_uneven_tasks_per_node():
@@ -206,24 +238,30 @@ def test_srun_needs_no_scontrol(monkeypatch):
         ({"RANK": "0", "WORLD_SIZE": "0"}, r"WORLD_SIZE='0' must be at least 1"),
         ({"RANK": "-1", "WORLD_SIZE": "2"}, r"RANK='-1' must be at least 0"),
         ({"RANK": "4", "WORLD_SIZE": "4"}, r"RANK=4 is not below WORLD_SIZE=4"),
-        ({"RANK": "1", "WORLD_SIZE": "4", "LOCAL_RANK": "2", "LOCAL_WORLD_SIZE": "2"},
-         r"LOCAL_RANK=2 is not below the 2 processes on this node \(LOCAL_WORLD_SIZE='2'\)"),
+        (
+            {"RANK": "1", "WORLD_SIZE": "4", "LOCAL_RANK": "2", "LOCAL_WORLD_SIZE": "2"},
+            r"LOCAL_RANK=2 is not below the 2 processes on this node \(LOCAL_WORLD_SIZE='2'\)",
+        ),
         ({"RANK": "1", "WORLD_SIZE": "4", "LOCAL_WORLD_SIZE": "8"}, r"LOCAL_WORLD_SIZE='8' gives 8 processes"),
         ({"RANK": "1", "WORLD_SIZE": "4", "MASTER_PORT": "http"}, r"MASTER_PORT='http' is not an integer"),
         ({"RANK": "1", "WORLD_SIZE": "4", "MASTER_PORT": "70000"}, r"MASTER_PORT='70000' must be in 1..65535"),
         (_srun(8, 8, 0, 0), r"SLURM_PROCID=8 is not below SLURM_NTASKS=8"),
         (_srun(1, 8, "one", 0), r"SLURM_LOCALID='one' is not an integer"),
-        (_srun(1, 8, 4, 0, SLURM_TASKS_PER_NODE="4(x2)"),
-         r"SLURM_LOCALID=4 is not below the 4 processes on this node \(SLURM_TASKS_PER_NODE='4\(x2\)'\)"),
+        (
+            _srun(1, 8, 4, 0, SLURM_TASKS_PER_NODE="4(x2)"),
+            r"SLURM_LOCALID=4 is not below the 4 processes on this node \(SLURM_TASKS_PER_NODE='4\(x2\)'\)",
+        ),
         (_srun(1, 8, 1, 2, SLURM_TASKS_PER_NODE="4(x2)"), r"SLURM_NODEID=2 is past the 2 nodes"),
         (_srun(1, 8, 1, "a", SLURM_TASKS_PER_NODE="4(x2)"), r"SLURM_NODEID='a' is not an integer"),
         (_srun(1, 8, 1, 0, SLURM_NTASKS_PER_NODE="four"), r"SLURM_NTASKS_PER_NODE='four'"),
         ({**_srun(1, 8, 1, 0), "SLURM_JOB_ID": "j1"}, r"SLURM_JOB_ID='j1' is not an integer"),
         (_srun(1, 8, 1, 0, SLURM_JOB_NODELIST="frontier[00001-00002"), r"SLURM_JOB_NODELIST='frontier\[00001-00002'"),
-        (_srun(1, 8, 1, 0, SLURM_STEP_NODELIST="n[2-1]", SLURM_JOB_NODELIST="n[1-2]"),
-         r"SLURM_STEP_NODELIST='n\[2-1\]'"),
+        (
+            _srun(1, 8, 1, 0, SLURM_STEP_NODELIST="n[2-1]", SLURM_JOB_NODELIST="n[1-2]"),
+            r"SLURM_STEP_NODELIST='n\[2-1\]'",
+        ),
     ],
-)  # fmt: skip
+)
 def test_inconsistent_launcher_environment_names_the_variable(env, message):
     with pytest.raises(SeqvitError, match=message):
         groups.launcher_env(env)

@@ -7,15 +7,15 @@ import netCDF4
 import numpy as np
 import pytest
 import yaml
-from conftest import stamp_lineage
-from test_tokenize import CFG as TOKENS_CFG
-from test_tokenize import _write_canonical
 
+from conftest import stamp_lineage
 from seqvit import lineage
 from seqvit.cli import main
 from seqvit.data.tokenize import store_identity, tokenize
 from seqvit.errors import SeqvitError
 from seqvit.train.predict import check_trained_on
+from test_tokenize import CFG as TOKENS_CFG
+from test_tokenize import _write_canonical
 
 
 def write_raw(path, made_by=None):
@@ -75,8 +75,11 @@ def test_tokenize_refuses_statistics_of_other_training_years(tmp_path):
     other = copy.deepcopy(TOKENS_CFG)
     other["splits"]["train"] = [2016]
     stamp_lineage(stats_path, lineage.stats(other))
-    with pytest.raises(SeqvitError, match=r"stats.nc: this statistics file was made with other settings "
-                                          r"\(train_years: \[2016\] in the file, \[2015\] in the config\)"):
+    with pytest.raises(
+        SeqvitError,
+        match=r"stats.nc: this statistics file was made with other settings "
+        r"\(train_years: \[2016\] in the file, \[2015\] in the config\)",
+    ):
         tokenize(TOKENS_CFG, paths, stats_path, 4, tmp_path / "p4.zarr")
     assert not (tmp_path / "p4.zarr").exists()
 
@@ -110,7 +113,6 @@ def test_settings_equal_to_the_defaults_resume_the_same_checkpoint(tmp_path):
     """train.zero_stage=0 and train.precision=fp32 are the defaults: the settings a checkpoint is
     compared with are the same with and without them."""
     from conftest import ROOT
-
     from seqvit.config import load_config
     from seqvit.train.checkpoint import Checkpoints
 

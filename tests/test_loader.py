@@ -10,6 +10,9 @@ import pytest
 import torch
 import xarray as xr
 
+from conftest import stamp_lineage
+from processes import descendants
+from seqvit import lineage
 from seqvit.data.loader import (
     ForecastPairs,
     SampleOrder,
@@ -22,9 +25,6 @@ from seqvit.data.loader import (
 from seqvit.data.tokenize import open_tokens, tokenize
 from seqvit.errors import SeqvitError
 from seqvit.parallel.groups import segment_bounds
-from processes import descendants
-from conftest import stamp_lineage
-from seqvit import lineage
 
 HEIGHT, WIDTH, TIMES_PER_YEAR = 8, 16, 80  # 80 six-hourly times: two shards of 64 times per year pair
 CFG = {

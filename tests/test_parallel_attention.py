@@ -69,8 +69,9 @@ def _relative(a, b) -> float:
 
 def _model(heads, grid, kernel):
     torch.manual_seed(0)
-    model = ForecastViT(C, PATCH, grid, embed_dim=DIM, depth=DEPTH, num_heads=heads, mlp_ratio=2.0,
-                        attention_backend=kernel)  # fmt: skip
+    model = ForecastViT(
+        C, PATCH, grid, embed_dim=DIM, depth=DEPTH, num_heads=heads, mlp_ratio=2.0, attention_backend=kernel
+    )
     torch.nn.init.normal_(model.head.weight, std=0.02)  # a zero head would zero every other gradient
     return model
 
@@ -105,7 +106,9 @@ def _run_case(case, layouts):
     trace = CommStats()
     with trace_collectives(trace):
         out = model(*shard.tokens(xs), leads, token_offset=shard.start)
-        loss = shard.loss(model, xs, leads, ys, weighted_mse)  # (a second forward: the segment loss training scales the same way)
+        loss = shard.loss(
+            model, xs, leads, ys, weighted_mse
+        )  # (a second forward: the segment loss training scales the same way)
         loss.backward()
     global_loss = shard.average_gradients(model.parameters(), loss)
 

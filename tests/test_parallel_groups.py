@@ -25,12 +25,29 @@ def test_world_is_sp_contiguous_ranks_times_replicas():
 
 
 def test_launcher_environments():
-    torchrun = {"RANK": "3", "WORLD_SIZE": "8", "LOCAL_RANK": "3", "LOCAL_WORLD_SIZE": "4", "MASTER_ADDR": "n1",
-                "MASTER_PORT": "1234"}  # fmt: skip
-    assert groups.launcher_env(torchrun) == {"rank": 3, "world_size": 8, "local_rank": 3, "local_world_size": 4,
-                                             "master_addr": "n1", "master_port": 1234}  # fmt: skip
-    srun = {"SLURM_PROCID": "9", "SLURM_NTASKS": "16", "SLURM_LOCALID": "1", "SLURM_NTASKS_PER_NODE": "8(x2)",
-            "MASTER_ADDR": "frontier0001"}  # fmt: skip
+    torchrun = {
+        "RANK": "3",
+        "WORLD_SIZE": "8",
+        "LOCAL_RANK": "3",
+        "LOCAL_WORLD_SIZE": "4",
+        "MASTER_ADDR": "n1",
+        "MASTER_PORT": "1234",
+    }
+    assert groups.launcher_env(torchrun) == {
+        "rank": 3,
+        "world_size": 8,
+        "local_rank": 3,
+        "local_world_size": 4,
+        "master_addr": "n1",
+        "master_port": 1234,
+    }
+    srun = {
+        "SLURM_PROCID": "9",
+        "SLURM_NTASKS": "16",
+        "SLURM_LOCALID": "1",
+        "SLURM_NTASKS_PER_NODE": "8(x2)",
+        "MASTER_ADDR": "frontier0001",
+    }
     info = groups.launcher_env(srun)
     assert (info["rank"], info["world_size"], info["local_rank"], info["local_world_size"]) == (9, 16, 1, 8)
     assert info["master_addr"] == "frontier0001" and info["master_port"] == groups.DEFAULT_PORT
@@ -47,15 +64,27 @@ def test_single_process_needs_nothing_and_sp_needs_a_launcher():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"num_tokens": 128, "num_heads": 6, "sp": 4, "method": "ulysses"}, r"sp must divide the head count.*\[1, 2, 3, 6\].*lss"),
+        (
+            {"num_tokens": 128, "num_heads": 6, "sp": 4, "method": "ulysses"},
+            r"sp must divide the head count.*\[1, 2, 3, 6\].*lss",
+        ),
         ({"num_tokens": 128, "num_heads": 6, "sp": 4, "method": "deepspeed-ulysses"}, "sp must divide the head count"),
-        ({"num_tokens": 130, "num_heads": 4, "sp": 4, "method": "lss"}, r"130 tokens .* 4 equal segments.*\[2, 5, 10, 13.*uneven=pad"),
+        (
+            {"num_tokens": 130, "num_heads": 4, "sp": 4, "method": "lss"},
+            r"130 tokens .* 4 equal segments.*\[2, 5, 10, 13.*uneven=pad",
+        ),
         ({"num_tokens": 9, "num_heads": 4, "sp": 4, "method": "lss", "uneven": "pad"}, "leave the last rank no token"),
-        ({"num_tokens": 128, "num_heads": 4, "sp": 4, "method": "lss", "world_size": 6}, r"does not divide the 6 processes"),
-        ({"num_tokens": 128, "num_heads": 4, "sp": 2, "method": "lss", "world_size": 8, "batch_size": 6}, r"train.batch_size: 6 does not split over 4"),
+        (
+            {"num_tokens": 128, "num_heads": 4, "sp": 4, "method": "lss", "world_size": 6},
+            r"does not divide the 6 processes",
+        ),
+        (
+            {"num_tokens": 128, "num_heads": 4, "sp": 2, "method": "lss", "world_size": 8, "batch_size": 6},
+            r"train.batch_size: 6 does not split over 4",
+        ),
         ({"num_tokens": 128, "num_heads": 4, "sp": 2, "method": "ring"}, "parallel.sp_method"),
     ],
-)  # fmt: skip
+)
 def test_invalid_layouts_are_rejected_with_the_fix(kwargs, message):
     with pytest.raises(SeqvitError, match=message):
         groups.check_layout(**kwargs)

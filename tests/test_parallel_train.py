@@ -20,14 +20,14 @@ import torch
 import xarray as xr
 import yaml
 
+from conftest import stamp_lineage
+from processes import descendants
+from seqvit import lineage
+from seqvit.config import validate
 from seqvit.data.tokenize import tokenize
 from seqvit.errors import SeqvitError
 from seqvit.parallel.spawn import free_port
 from seqvit.train.engine import train
-from processes import descendants
-from conftest import stamp_lineage
-from seqvit import lineage
-from seqvit.config import validate
 
 ROOT = Path(__file__).resolve().parents[1]
 HEIGHT, WIDTH, P = 8, 16, 4  # 2 x 4 patches: 8 tokens
@@ -42,9 +42,18 @@ def _config(results: Path) -> dict:
     cfg["tokenize"]["patch_sizes"] = [P]
     cfg["model"] = {"embed_dim": 16, "depth": 2, "num_heads": 2, "mlp_ratio": 2, "dropout": 0.0}
     cfg["train"].update(
-        lead_hours=[6, 24], batch_size=4, steps=8, lr=0.003, weight_decay=0.01, warmup_steps=2, val_every=4,
-        checkpoint_every=4, log_every=2, threads=1, seed=0,
-    )  # fmt: skip
+        lead_hours=[6, 24],
+        batch_size=4,
+        steps=8,
+        lr=0.003,
+        weight_decay=0.01,
+        warmup_steps=2,
+        val_every=4,
+        checkpoint_every=4,
+        log_every=2,
+        threads=1,
+        seed=0,
+    )
     cfg["evaluate"] = {"variables": ["t2m"], "lead_hours": [6, 24], "baselines": ["persistence"]}
     return validate(cfg)  # with the schema's defaults, as `seqvit train` reads the config file
 
@@ -102,10 +111,26 @@ def _metrics(path):
 
 def _torchrun(setup, nproc, *sets):
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", str(nproc),
-        "--master-addr", "127.0.0.1", "--master-port", str(free_port()),
-        "-m", "seqvit.cli", "train", "--config", str(setup["config"]), "--patch-size", str(P), "--quiet",
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nnodes",
+        "1",
+        "--nproc-per-node",
+        str(nproc),
+        "--master-addr",
+        "127.0.0.1",
+        "--master-port",
+        str(free_port()),
+        "-m",
+        "seqvit.cli",
+        "train",
+        "--config",
+        str(setup["config"]),
+        "--patch-size",
+        str(P),
+        "--quiet",
+    ]
     for item in sets:
         command += ["--set", item]
     return subprocess.run(command, capture_output=True, text=True, timeout=240, cwd=ROOT)
@@ -154,23 +179,39 @@ def test_torchrun_rejects_heads_that_ulysses_cannot_split(setup):
 
 def _curve_cfg(setup, steps, **train):
     cfg = copy.deepcopy(setup["cfg"])
-    cfg["train"].update({"steps": steps, "log_every": 1, "val_every": 10, "checkpoint_every": 5, "warmup_steps": 3,
-                         **train})  # fmt: skip
+    cfg["train"].update(
+        {"steps": steps, "log_every": 1, "val_every": 10, "checkpoint_every": 5, "warmup_steps": 3, **train}
+    )
     return cfg
 
 
 def _launch(setup, world, runs, tmp_root):
     """Run [(cfg, out_dir)] one after another in one torchrun world of `world` processes."""
     spec = tmp_root / f"spec-{world}-{len(list(tmp_root.glob('spec-*')))}.json"
-    spec.write_text(json.dumps({
-        "tokens": str(setup["tokens"]), "patch_size": P,
-        "runs": [{"cfg": cfg, "out": str(out)} for cfg, out in runs],
-    }))  # fmt: skip
+    spec.write_text(
+        json.dumps(
+            {
+                "tokens": str(setup["tokens"]),
+                "patch_size": P,
+                "runs": [{"cfg": cfg, "out": str(out)} for cfg, out in runs],
+            }
+        )
+    )
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", str(world),
-        "--master-addr", "127.0.0.1", "--master-port", str(free_port()), str(ROOT / "tests" / "train_runs.py"),
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nnodes",
+        "1",
+        "--nproc-per-node",
+        str(world),
+        "--master-addr",
+        "127.0.0.1",
+        "--master-port",
+        str(free_port()),
+        str(ROOT / "tests" / "train_runs.py"),
         str(spec),
-    ]  # fmt: skip
+    ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-6000:]
 
@@ -235,10 +276,26 @@ def test_interrupted_by_sigusr1_and_resumed_equals_uninterrupted(setup, tmp_path
     _launch(setup, 2, [(cfg, reference)], tmp_path)
 
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", "2",
-        "--master-addr", "127.0.0.1", "--master-port", str(free_port()),
-        "-m", "seqvit.cli", "train", "--config", str(config), "--patch-size", str(P), "--quiet",
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nnodes",
+        "1",
+        "--nproc-per-node",
+        "2",
+        "--master-addr",
+        "127.0.0.1",
+        "--master-port",
+        str(free_port()),
+        "-m",
+        "seqvit.cli",
+        "train",
+        "--config",
+        str(config),
+        "--patch-size",
+        str(P),
+        "--quiet",
+    ]
     run = tmp_path / "results" / "train" / f"p{P}"
     proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120

@@ -18,14 +18,29 @@ from seqvit.train.predict import predict
 HEIGHT, WIDTH, P = 8, 16, 4
 CFG = {
     "experiment": "leads",
-    "data": {"years": [2015, 2016, 2017], "hours": [0, 6, 12, 18], "single_level": ["t2m"], "pressure_level": [],
-             "levels": []},
+    "data": {
+        "years": [2015, 2016, 2017],
+        "hours": [0, 6, 12, 18],
+        "single_level": ["t2m"],
+        "pressure_level": [],
+        "levels": [],
+    },
     "splits": {"train": [2015], "val": [2016], "test": [2017]},
     "model": {"embed_dim": 16, "depth": 1, "num_heads": 2, "mlp_ratio": 2, "dropout": 0.0},
-    "train": {"lead_hours": [6], "batch_size": 4, "steps": 2, "lr": 0.003, "warmup_steps": 1, "val_every": 2,
-              "checkpoint_every": 2, "log_every": 1, "threads": 1, "seed": 0},
+    "train": {
+        "lead_hours": [6],
+        "batch_size": 4,
+        "steps": 2,
+        "lr": 0.003,
+        "warmup_steps": 1,
+        "val_every": 2,
+        "checkpoint_every": 2,
+        "log_every": 1,
+        "threads": 1,
+        "seed": 0,
+    },
     "evaluate": {"variables": ["t2m"], "lead_hours": [6, 12]},
-}  # fmt: skip
+}
 
 
 @pytest.fixture(scope="module")
@@ -37,16 +52,25 @@ def trained(tmp_path_factory):
     paths = []
     for year in (2015, 2016, 2017):
         time = pd.date_range(f"{year}-01-01", periods=16, freq="6h")
-        t2m = 280 + np.sin(np.deg2rad(lon)[None, None, :] - 0.3 * np.arange(16)[:, None, None]) * np.cos(np.deg2rad(lat))[None, :, None]
+        t2m = (
+            280
+            + np.sin(np.deg2rad(lon)[None, None, :] - 0.3 * np.arange(16)[:, None, None])
+            * np.cos(np.deg2rad(lat))[None, :, None]
+        )
         path = root / "single-levels" / f"{year}.nc"
         path.parent.mkdir(parents=True, exist_ok=True)
-        xr.Dataset({"t2m": (("time", "latitude", "longitude"), t2m.astype(np.float32))},
-                   coords={"time": time, "latitude": lat, "longitude": lon},
-                   attrs={lineage.ATTR: lineage.dumps(lineage.regridded(CFG))}).to_netcdf(path)  # fmt: skip
+        xr.Dataset(
+            {"t2m": (("time", "latitude", "longitude"), t2m.astype(np.float32))},
+            coords={"time": time, "latitude": lat, "longitude": lon},
+            attrs={lineage.ATTR: lineage.dumps(lineage.regridded(CFG))},
+        ).to_netcdf(path)
         paths.append(path)
     stats_path = root / "stats.nc"
-    xr.Dataset({"mean": ("channel", [280.0]), "std": ("channel", [1.0])}, coords={"channel": ["t2m"]},
-               attrs={lineage.ATTR: lineage.dumps(lineage.stats(CFG))}).to_netcdf(stats_path)  # fmt: skip
+    xr.Dataset(
+        {"mean": ("channel", [280.0]), "std": ("channel", [1.0])},
+        coords={"channel": ["t2m"]},
+        attrs={lineage.ATTR: lineage.dumps(lineage.stats(CFG))},
+    ).to_netcdf(stats_path)
     tokens_path = root / "p4.zarr"
     tokenize(CFG, paths, stats_path, P, tokens_path)
     run = root / "run"

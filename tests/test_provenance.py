@@ -3,7 +3,6 @@
 import base64
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import pandas as pd
@@ -50,8 +49,8 @@ def run(tmp_path, demo_cfg, monkeypatch):
         # what a training run records: its process layout, and the device in its last throughput line
         "train/p8/checkpoints/run.json": json.dumps({"world_size": 2, "sp": 2, "patch_size": 8}),
         "logs/train/p8.log": "2026-01-01 00:00:00,000 seqvit.train.engine step 20: 90 samples/s, 2880 tokens/s, "
-                             "1.2 TFLOP/s per device, MFU 0.6% of 192 TFLOP/s (data sheet of the MI250X GCD (bf16 "
-                             "dense), device 'AMD Instinct MI250X')\n",
+        "1.2 TFLOP/s per device, MFU 0.6% of 192 TFLOP/s (data sheet of the MI250X GCD (bf16 "
+        "dense), device 'AMD Instinct MI250X')\n",
         "benchmarks/train/p8.tsv": "s\th:m:s\tmax_rss\tcpu_time\n7200.0\t2:00:00\t20480.0\t7000.0\n",
     }.items():
         (res / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -61,26 +60,71 @@ def run(tmp_path, demo_cfg, monkeypatch):
     (res / "benchmarks").mkdir(exist_ok=True)
     (res / "benchmarks" / "stats.tsv").write_text("s\th:m:s\tmax_rss\tcpu_time\n5.1\t0:00:05\t321.5\t4.9\n")
     smk = tmp_path / ".snakemake"
-    write_record(smk, "results/stats/stats.nc", {
-        "rule": "stats", "input": ["results/regridded/single-levels/2015.nc"], "log": ["results/logs/stats.log"],
-        "params": ["--config config.yaml", {"train": [2015]}], "starttime": 1000.0, "endtime": 1005.0,
-        "job_hash": 11, "external_jobid": None, "shellcmd": "seqvit stats --config config.yaml"})
-    write_record(smk, "results/tokens/p8.zarr", {
-        "rule": "tokenize", "input": ["results/stats/stats.nc"], "log": ["results/logs/tokenize/p8.log"],
-        "params": [], "starttime": 1010.0, "endtime": 1020.0, "job_hash": 12})
+    write_record(
+        smk,
+        "results/stats/stats.nc",
+        {
+            "rule": "stats",
+            "input": ["results/regridded/single-levels/2015.nc"],
+            "log": ["results/logs/stats.log"],
+            "params": ["--config config.yaml", {"train": [2015]}],
+            "starttime": 1000.0,
+            "endtime": 1005.0,
+            "job_hash": 11,
+            "external_jobid": None,
+            "shellcmd": "seqvit stats --config config.yaml",
+        },
+    )
+    write_record(
+        smk,
+        "results/tokens/p8.zarr",
+        {
+            "rule": "tokenize",
+            "input": ["results/stats/stats.nc"],
+            "log": ["results/logs/tokenize/p8.log"],
+            "params": [],
+            "starttime": 1010.0,
+            "endtime": 1020.0,
+            "job_hash": 12,
+        },
+    )
     for k, out in enumerate(("results/train/p8/model.pt", "results/train/p8/metrics.csv")):  # one job, two outputs
-        write_record(smk, out, {  # Snakemake stamps each output's start microseconds apart
-            "rule": "train", "input": ["results/tokens/p8.zarr"], "log": ["results/logs/train/p8.log"],
-            "params": [{"steps": 20}, repr(SBATCH)], "starttime": 1030.0 + k * 1e-4, "endtime": 1100.0, "job_hash": 13,
-            "external_jobid": "4242"})
-    write_record(smk, "results/gone.nc", {"rule": "stats", "input": [], "starttime": 1.0, "job_hash": 1})  # deleted output
+        write_record(
+            smk,
+            out,
+            {  # Snakemake stamps each output's start microseconds apart
+                "rule": "train",
+                "input": ["results/tokens/p8.zarr"],
+                "log": ["results/logs/train/p8.log"],
+                "params": [{"steps": 20}, repr(SBATCH)],
+                "starttime": 1030.0 + k * 1e-4,
+                "endtime": 1100.0,
+                "job_hash": 13,
+                "external_jobid": "4242",
+            },
+        )
+    write_record(
+        smk, "results/gone.nc", {"rule": "stats", "input": [], "starttime": 1.0, "job_hash": 1}
+    )  # deleted output
     ev = res / "eval"
     ev.mkdir()
     rows = []
     for model, r in (("vit-p8", 1.5), ("vit-p4", 1.2), ("persistence", 1.8)):
         for lead in (6, 24):
-            rows.append({"run": "demo", "model": model, "variable": "t2m", "lead_hours": lead, "rmse": r * lead / 6,
-                         "acc": 0.9, "bias": 0.01, "mse": (r * lead / 6) ** 2, "rmse_mean_per_time": r, "n_times": 100})
+            rows.append(
+                {
+                    "run": "demo",
+                    "model": model,
+                    "variable": "t2m",
+                    "lead_hours": lead,
+                    "rmse": r * lead / 6,
+                    "acc": 0.9,
+                    "bias": 0.01,
+                    "mse": (r * lead / 6) ** 2,
+                    "rmse_mean_per_time": r,
+                    "n_times": 100,
+                }
+            )
     metrics = pd.DataFrame(rows)
     metrics.to_csv(ev / "metrics.csv", index=False)
     from seqvit.evaluate.sequence_length import write_sequence_length
@@ -95,7 +139,6 @@ def build(run, **kw):
 
 
 def test_crate_has_one_action_per_job_with_checksums(run):
-    workdir = run[0]
     out = build(run, validate=False)
     meta = json.loads((out / "ro-crate-metadata.json").read_text())
     graph = {e["@id"]: e for e in meta["@graph"]}
@@ -131,7 +174,13 @@ def test_crate_has_one_action_per_job_with_checksums(run):
     assert {"git commit", "git dirty", "cpu", "cpu_count"} <= names
     env = json.loads((out / "environment.json").read_text())
     assert env["packages"]["rocrate"] and env["git"]["commit"] and isinstance(env["git"]["dirty"], bool)
-    for name in ("methods.md", "tables/rmse.tex", "tables/sequence_length.tex", "config.resolved.yaml", "cds_requests.json"):
+    for name in (
+        "methods.md",
+        "tables/rmse.tex",
+        "tables/sequence_length.tex",
+        "config.resolved.yaml",
+        "cds_requests.json",
+    ):
         assert name in graph and (out / name).exists(), name
 
 
@@ -175,8 +224,17 @@ def test_tables_are_booktabs_and_say_which_rmse(run):
 def test_methods_paragraph_has_data_model_and_citations(run):
     out = build(run, validate=False)
     text = (out / "methods.md").read_text()
-    for needle in ("2015-2018", "2015, 2016", "5.625deg", "p = 8, 4", "32, 128 tokens", "arXiv:2405.15780", "Snakemake", "-20.0%",
-                   "git commit"):
+    for needle in (
+        "2015-2018",
+        "2015, 2016",
+        "5.625deg",
+        "p = 8, 4",
+        "32, 128 tokens",
+        "arXiv:2405.15780",
+        "Snakemake",
+        "-20.0%",
+        "git commit",
+    ):
         assert needle in text, needle
 
 
@@ -231,15 +289,27 @@ def test_methods_take_climatology_years_baselines_and_extrapolation_from_the_con
     assert "the day-of-year and hour climatology from the years 2013-2015" in text
     assert "from the training years only" in text and "climatology come from the training years" not in text
     assert "The baselines were persistence." in text and "linear regression" not in text
-    assert ("Forecasts at 72 h, lead times the model was not trained on, were made by extrapolating its lead-time "
-            "embedding") in text
+    assert (
+        "Forecasts at 72 h, lead times the model was not trained on, were made by extrapolating its lead-time embedding"
+    ) in text
     demo_cfg["evaluate"]["baselines"] = []
     assert "No baseline was scored" in methods.methods_text(demo_cfg, {}, tmp_path)
 
 
 def test_table_captions_give_the_units_of_each_variable(tmp_path):
-    rows = [{"model": "vit-p4", "variable": v, "lead_hours": 6, "rmse": 1.0, "acc": 0.9, "bias": 0.1,
-             "rmse_mean_per_time": 1.0, "n_times": 10} for v in ("t2m", "t_850", "z_500")]
+    rows = [
+        {
+            "model": "vit-p4",
+            "variable": v,
+            "lead_hours": 6,
+            "rmse": 1.0,
+            "acc": 0.9,
+            "bias": 0.1,
+            "rmse_mean_per_time": 1.0,
+            "n_times": 10,
+        }
+        for v in ("t2m", "t_850", "z_500")
+    ]
     pd.DataFrame(rows).to_csv(tmp_path / "metrics.csv", index=False)
     tables.write_tables(tmp_path, tmp_path / "tables", [2018], climatology_years=[2013, 2014])
     rmse = (tmp_path / "tables" / "rmse.tex").read_text()
@@ -248,18 +318,21 @@ def test_table_captions_give_the_units_of_each_variable(tmp_path):
     assert "climatology of the years 2013, 2014" in (tmp_path / "tables" / "acc.tex").read_text()
 
 
-@pytest.mark.parametrize("remote, recorded", [
-    ("https://github.com/owner/seqvit.git", "https://github.com/owner/seqvit.git"),
-    ("https://user:s3cret@github.com/owner/seqvit.git", "https://github.com/owner/seqvit.git"),
-    ("https://ghp_token123@github.com/owner/seqvit.git", "https://github.com/owner/seqvit.git"),
-    ("https://gitlab.example.org/owner/seqvit.git?private_token=x", "https://gitlab.example.org/owner/seqvit.git"),
-    ("git@github.com:owner/seqvit.git", "git@github.com:owner/seqvit.git"),
-    ("ssh://git@gitlab.example.org:2222/owner/seqvit.git", "ssh://git@gitlab.example.org:2222/owner/seqvit.git"),
-    ("/home/someone/src/seqvit", None),
-    ("file:///home/someone/src/seqvit.git", None),
-    ("../seqvit", None),
-    ("", None),
-])
+@pytest.mark.parametrize(
+    "remote, recorded",
+    [
+        ("https://github.com/owner/seqvit.git", "https://github.com/owner/seqvit.git"),
+        ("https://user:s3cret@github.com/owner/seqvit.git", "https://github.com/owner/seqvit.git"),
+        ("https://ghp_token123@github.com/owner/seqvit.git", "https://github.com/owner/seqvit.git"),
+        ("https://gitlab.example.org/owner/seqvit.git?private_token=x", "https://gitlab.example.org/owner/seqvit.git"),
+        ("git@github.com:owner/seqvit.git", "git@github.com:owner/seqvit.git"),
+        ("ssh://git@gitlab.example.org:2222/owner/seqvit.git", "ssh://git@gitlab.example.org:2222/owner/seqvit.git"),
+        ("/home/someone/src/seqvit", None),
+        ("file:///home/someone/src/seqvit.git", None),
+        ("../seqvit", None),
+        ("", None),
+    ],
+)
 def test_only_url_remotes_are_recorded(remote, recorded):
     assert crate_mod.public_remote(remote) == recorded
 

@@ -77,7 +77,11 @@ def write_cds_month(path, times, grid: Grid, group: str, seed: int) -> xr.Datase
         shape = (len(times), lat.size, grid.lon.size)
         units = {"t2m": "K"}
     variables = {
-        name: (dims, (base + rng.standard_normal(shape)).astype(np.float32), {"units": unit, "long_name": name, "standard_name": name})
+        name: (
+            dims,
+            (base + rng.standard_normal(shape)).astype(np.float32),
+            {"units": unit, "long_name": name, "standard_name": name},
+        )
         for name, unit in units.items()
     }
     ds = xr.Dataset(
@@ -92,7 +96,9 @@ def write_cds_month(path, times, grid: Grid, group: str, seed: int) -> xr.Datase
 
 
 @pytest.mark.parametrize("method", ["conservative", "bilinear"])
-@pytest.mark.parametrize("source", [era5_like_grid(), named_grid("1deg"), named_grid("2.8125deg")], ids=lambda g: g.name)
+@pytest.mark.parametrize(
+    "source", [era5_like_grid(), named_grid("1deg"), named_grid("2.8125deg")], ids=lambda g: g.name
+)
 def test_constant_field_stays_constant(method, source):
     ds = canonical_dataset(source, np.full(source.shape, 273.15, dtype=np.float32))
     out = regrid(ds, TARGET, method)
@@ -162,7 +168,9 @@ def test_bilinear_is_exact_for_a_field_linear_in_latitude():
     field = np.repeat((3.0 + 0.02 * source.lat)[:, None], source.lon.size, axis=1)
     out = Regridder(source.lat, source.lon, target, "bilinear")(field)
     inside = np.abs(target.lat) <= source.lat.max()
-    np.testing.assert_allclose(out[inside], (3.0 + 0.02 * target.lat[inside])[:, None] * np.ones(target.lon.size), rtol=1e-6)
+    np.testing.assert_allclose(
+        out[inside], (3.0 + 0.02 * target.lat[inside])[:, None] * np.ones(target.lon.size), rtol=1e-6
+    )
     # Beyond the outermost source latitude the value is clamped to it.
     clamped = 3.0 + 0.02 * np.sign(target.lat[~inside]) * source.lat.max()
     np.testing.assert_allclose(out[~inside], np.broadcast_to(clamped[:, None], out[~inside].shape), rtol=1e-6)
@@ -239,7 +247,9 @@ def test_regrid_files_single_level_bilinear(tmp_path):
 def test_unknown_method_names_the_option_and_choices(tmp_path):
     source = era5_like_grid()
     ds = canonical_dataset(source, smooth_random_field(source))
-    with pytest.raises(SeqvitError, match="method.*'nearest'.*conservative, bilinear|'nearest'.*--method.*conservative, bilinear"):
+    with pytest.raises(
+        SeqvitError, match="method.*'nearest'.*conservative, bilinear|'nearest'.*--method.*conservative, bilinear"
+    ):
         regrid(ds, TARGET, "nearest")
     path = tmp_path / "01.nc"
     write_cds_month(path, pd.date_range("2015-01-01", periods=2, freq="6h"), source, "single-levels", seed=0)
@@ -262,7 +272,9 @@ def test_missing_values_raise_and_leave_no_file(tmp_path):
     paths = []
     for month in (1, 2):
         paths.append(tmp_path / f"{month:02d}.nc")
-        ds = write_cds_month(paths[-1], pd.date_range(f"2015-{month:02d}-01", periods=2, freq="6h"), source, "single-levels", month)
+        ds = write_cds_month(
+            paths[-1], pd.date_range(f"2015-{month:02d}-01", periods=2, freq="6h"), source, "single-levels", month
+        )
     ds["t2m"][1, 3, 3] = np.nan
     ds.to_netcdf(paths[-1], mode="w")
     output = tmp_path / "out" / "2015.nc"
@@ -311,12 +323,18 @@ def write_legacy_cds_month(path, times, grid: Grid, seed: int) -> xr.Dataset:
     add_offset; time as hours since 1900. Returns the decoded data."""
     rng = np.random.default_rng(seed)
     lat = grid.lat[::-1]
-    values = (250 + 30 * np.cos(np.deg2rad(lat))[:, None] + rng.standard_normal((len(times), 2, lat.size, grid.lon.size))).astype(np.float32)
+    values = (
+        250 + 30 * np.cos(np.deg2rad(lat))[:, None] + rng.standard_normal((len(times), 2, lat.size, grid.lon.size))
+    ).astype(np.float32)
     ds = xr.Dataset(
         {"t": (("time", "level", "latitude", "longitude"), values, {"units": "K", "long_name": "Temperature"})},
         coords={
             "time": times,
-            "level": ("level", np.array([500, 850], dtype=np.int32), {"units": "millibars", "long_name": "pressure_level"}),
+            "level": (
+                "level",
+                np.array([500, 850], dtype=np.int32),
+                {"units": "millibars", "long_name": "pressure_level"},
+            ),
             "latitude": ("latitude", lat, {"units": "degrees_north"}),
             "longitude": ("longitude", grid.lon, {"units": "degrees_east"}),
         },
@@ -353,11 +371,11 @@ def test_legacy_cds_layout_packed_int16(tmp_path):
 def test_cfgrib_layout(tmp_path):
     """Names as cfgrib writes them: time (with valid_time beside it), isobaricInhPa, step, surface."""
     source = era5_like_grid()
-    cds = write_cds_month(tmp_path / "cds.nc", pd.date_range("2016-01-01", periods=3, freq="6h"), source, "pressure-levels", seed=5)
-    cfgrib = cds.drop_vars("expver").rename({"valid_time": "time", "pressure_level": "isobaricInhPa"})
-    cfgrib = cfgrib.assign_coords(
-        step=np.timedelta64(0, "ns"), surface=0.0, valid_time=("time", cfgrib["time"].values)
+    cds = write_cds_month(
+        tmp_path / "cds.nc", pd.date_range("2016-01-01", periods=3, freq="6h"), source, "pressure-levels", seed=5
     )
+    cfgrib = cds.drop_vars("expver").rename({"valid_time": "time", "pressure_level": "isobaricInhPa"})
+    cfgrib = cfgrib.assign_coords(step=np.timedelta64(0, "ns"), surface=0.0, valid_time=("time", cfgrib["time"].values))
     cfgrib.to_netcdf(tmp_path / "cfgrib.nc")
     for path in ("cds.nc", "cfgrib.nc"):
         regrid_files([tmp_path / path], tmp_path / f"out-{path}", "5.625deg", "conservative")
@@ -379,7 +397,12 @@ def test_expver_dimension_is_collapsed_era5_first(tmp_path):
     preliminary_only = final + 50.0
     old = xr.Dataset(
         {"t2m": (("expver", "time", "latitude", "longitude"), stacked.astype(np.float32), {"units": "K"})},
-        coords={"expver": [1, 5], "time": times, "latitude": cds["latitude"].values, "longitude": cds["longitude"].values},
+        coords={
+            "expver": [1, 5],
+            "time": times,
+            "latitude": cds["latitude"].values,
+            "longitude": cds["longitude"].values,
+        },
     )
     old.to_netcdf(tmp_path / "expver.nc")
     output = tmp_path / "out.nc"
@@ -389,7 +412,9 @@ def test_expver_dimension_is_collapsed_era5_first(tmp_path):
         assert ds["t2m"].dims == ("time", "latitude", "longitude") and "expver" not in ds.variables
         np.testing.assert_array_equal(ds["t2m"].values[:2], regridder(final[:2]))
         np.testing.assert_array_equal(ds["t2m"].values[2:], regridder(preliminary_only[2:]))
-        np.testing.assert_array_equal(ds["t2m"].values, regrid(open_raw([tmp_path / "expver.nc"]), TARGET)["t2m"].values)
+        np.testing.assert_array_equal(
+            ds["t2m"].values, regrid(open_raw([tmp_path / "expver.nc"]), TARGET)["t2m"].values
+        )
 
 
 def test_zip_or_grib_input_is_refused_with_the_fix(tmp_path):
@@ -429,7 +454,9 @@ def test_streaming_in_small_chunks_across_file_boundaries(tmp_path, monkeypatch)
     paths = []
     for month, steps in ((1, 9), (2, 4), (3, 11)):
         paths.append(tmp_path / f"{month:02d}.nc")
-        write_cds_month(paths[-1], pd.date_range(f"2016-{month:02d}-01", periods=steps, freq="6h"), source, "pressure-levels", month)
+        write_cds_month(
+            paths[-1], pd.date_range(f"2016-{month:02d}-01", periods=steps, freq="6h"), source, "pressure-levels", month
+        )
     output = tmp_path / "out.nc"
     regrid_files(paths, output, "5.625deg", "conservative")
     expected = regrid(open_raw(paths), TARGET, "conservative")

@@ -57,7 +57,11 @@ def cdo() -> str:
 
 def era5_grid(step: float) -> Grid:
     """ERA5 layout at `step` degrees: latitude points include both poles."""
-    return Grid(f"era5-{step:g}deg", np.linspace(-90.0, 90.0, int(round(180 / step)) + 1), np.arange(int(round(360 / step))) * step)
+    return Grid(
+        f"era5-{step:g}deg",
+        np.linspace(-90.0, 90.0, int(round(180 / step)) + 1),
+        np.arange(int(round(360 / step))) * step,
+    )
 
 
 def sample_fields(grid: Grid) -> np.ndarray:
@@ -74,7 +78,11 @@ def sample_fields(grid: Grid) -> np.ndarray:
         + 2.0 * rng.standard_normal(grid.shape)
     )
     noise = rng.standard_normal(grid.shape)
-    polar = np.where(np.abs(grid.lat)[:, None] >= 80, 5.0 * np.sign(grid.lat)[:, None] + np.cos(lon) * (90 - np.abs(grid.lat))[:, None], 0.0)
+    polar = np.where(
+        np.abs(grid.lat)[:, None] >= 80,
+        5.0 * np.sign(grid.lat)[:, None] + np.cos(lon) * (90 - np.abs(grid.lat))[:, None],
+        0.0,
+    )
     return np.stack([temperature, noise, polar]).astype(np.float32)
 
 
@@ -101,7 +109,9 @@ def run_cdo(cdo: str, method: str, target: Grid, source_path, tmp_path) -> np.nd
     description = tmp_path / f"{target.name}.griddes"
     description.write_text(cdo_grid_description(target))
     out = tmp_path / f"cdo-{method}-{target.name}.nc"
-    subprocess.run([cdo, "-s", "-b", "F64", f"{CDO_OPERATOR[method]},{description}", str(source_path), str(out)], check=True)
+    subprocess.run(
+        [cdo, "-s", "-b", "F64", f"{CDO_OPERATOR[method]},{description}", str(source_path), str(out)], check=True
+    )
     ds = xr.load_dataset(out)
     np.testing.assert_allclose(ds["latitude"].values, target.lat, atol=1e-9)
     np.testing.assert_allclose(ds["longitude"].values, target.lon, atol=1e-9)

@@ -35,12 +35,15 @@ def test_rmse_table_caption_units_are_those_of_the_figures(demo_cfg, channel):
     assert f"{channel} in {expected}." in render("rmse_table.rst", demo_cfg)
 
 
-@pytest.mark.parametrize("variables, shown", [
-    (["t2m", "t_850", "z_500"], "t2m"),  # report._maps shows t2m when it is scored ...
-    (["z_500", "t_850"], "z_500"),  # ... else the first variable
-    (["t_850"], "t_850"),
-    (["msl"], "msl"),
-])
+@pytest.mark.parametrize(
+    "variables, shown",
+    [
+        (["t2m", "t_850", "z_500"], "t2m"),  # report._maps shows t2m when it is scored ...
+        (["z_500", "t_850"], "z_500"),  # ... else the first variable
+        (["t_850"], "t_850"),
+        (["msl"], "msl"),
+    ],
+)
 def test_maps_caption_names_the_variable_shown(demo_cfg, variables, shown):
     demo_cfg["evaluate"]["variables"] = variables
     demo_cfg["evaluate"]["lead_hours"] = [6, 72, 24]
@@ -51,8 +54,10 @@ def test_maps_caption_names_the_variable_shown(demo_cfg, variables, shown):
 
 
 def test_captions_take_baselines_and_climatology_years_from_the_config(demo_cfg):
-    assert ("the baselines climatology, persistence, linear (linear: a regression fitted on the training years)."
-            in render("rmse_vs_lead.rst", demo_cfg))
+    assert (
+        "the baselines climatology, persistence, linear (linear: a regression fitted on the training years)."
+        in render("rmse_vs_lead.rst", demo_cfg)
+    )
     demo_cfg["evaluate"]["baselines"] = ["persistence"]
     demo_cfg["stats"] = {"climatology_years": [2013, 2014]}
     assert "the baselines persistence. Lower" in render("rmse_vs_lead.rst", demo_cfg)

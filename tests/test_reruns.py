@@ -18,7 +18,16 @@ import yaml
 from test_workflow import ROOT, tiny_config
 
 ALL_STAGES = {
-    "synth", "regrid", "stats", "climatology", "tokenize", "train", "predict", "baseline", "evaluate", "provenance"
+    "synth",
+    "regrid",
+    "stats",
+    "climatology",
+    "tokenize",
+    "train",
+    "predict",
+    "baseline",
+    "evaluate",
+    "provenance",
 }
 SCORING = {"evaluate", "provenance"}
 
@@ -44,10 +53,23 @@ def done_run(tmp_path_factory):
     }
 
     def snakemake(*args, checkout=repo, configfiles=(cfg_path,)):
-        cmd = [sys.executable, "-m", "snakemake", "-s", str(checkout / "Snakefile"), "--directory", str(top),
-               "--configfile", *map(str, configfiles), "--cores", "2", *args]
-        proc = subprocess.run(cmd, cwd=top, env={**env, "PYTHONPATH": str(checkout / "src")}, capture_output=True,
-                              text=True, timeout=600)
+        cmd = [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "-s",
+            str(checkout / "Snakefile"),
+            "--directory",
+            str(top),
+            "--configfile",
+            *map(str, configfiles),
+            "--cores",
+            "2",
+            *args,
+        ]
+        proc = subprocess.run(
+            cmd, cwd=top, env={**env, "PYTHONPATH": str(checkout / "src")}, capture_output=True, text=True, timeout=600
+        )
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         return proc.stdout + proc.stderr
 

@@ -8,14 +8,29 @@ import pytest
 
 from seqvit.errors import SeqvitError
 from seqvit.evaluate import figures
-from seqvit.evaluate.sequence_length import relative_change, rmse_by_sequence_length, sequence_length, write_sequence_length
+from seqvit.evaluate.sequence_length import (
+    relative_change,
+    rmse_by_sequence_length,
+    sequence_length,
+    write_sequence_length,
+)
 
 
 def metrics_frame(values: dict) -> pd.DataFrame:
     """metrics.csv rows: {(model, variable, lead): rmse}."""
     rows = [
-        {"run": "t", "model": m, "variable": v, "lead_hours": h, "rmse": r, "acc": 0.9, "bias": 0.0,
-         "mse": r * r, "rmse_mean_per_time": r * 0.95, "n_times": 10}
+        {
+            "run": "t",
+            "model": m,
+            "variable": v,
+            "lead_hours": h,
+            "rmse": r,
+            "acc": 0.9,
+            "bias": 0.0,
+            "mse": r * r,
+            "rmse_mean_per_time": r * 0.95,
+            "n_times": 10,
+        }
         for (m, v, h), r in values.items()
     ]
     return pd.DataFrame(rows)
@@ -28,11 +43,17 @@ def test_sequence_length_of_the_demo_sweep():
 
 
 def test_relative_change_shortest_to_longest_by_hand():
-    df = metrics_frame({
-        ("vit-p2", "t2m", 24): 1.2, ("vit-p8", "t2m", 24): 1.6, ("vit-p4", "t2m", 24): 1.4,
-        ("vit-p8", "t2m", 6): 1.0, ("vit-p4", "t2m", 6): 1.0, ("vit-p2", "t2m", 6): 1.1,
-        ("persistence", "t2m", 24): 2.0,
-    })
+    df = metrics_frame(
+        {
+            ("vit-p2", "t2m", 24): 1.2,
+            ("vit-p8", "t2m", 24): 1.6,
+            ("vit-p4", "t2m", 24): 1.4,
+            ("vit-p8", "t2m", 6): 1.0,
+            ("vit-p4", "t2m", 6): 1.0,
+            ("vit-p2", "t2m", 6): 1.1,
+            ("persistence", "t2m", 24): 2.0,
+        }
+    )
     long = rmse_by_sequence_length(df, 32, 64)
     assert set(long["model"]) == {"vit-p8", "vit-p4", "vit-p2"}  # baselines have no sequence length
     assert list(long[long["lead_hours"] == 24]["seq_len"]) == [32, 128, 512]  # shortest first
@@ -50,11 +71,14 @@ def test_single_run_has_no_change():
 
 
 def test_write_sequence_length_files_and_figures(tmp_path):
-    df = metrics_frame({
-        (m, v, h): r * (1 + h / 24)
-        for m, r in (("vit-p8", 1.5), ("vit-p4", 1.3), ("vit-p2", 1.2), ("linear", 1.8))
-        for v in ("t2m", "t_850") for h in (6, 24)
-    })
+    df = metrics_frame(
+        {
+            (m, v, h): r * (1 + h / 24)
+            for m, r in (("vit-p8", 1.5), ("vit-p4", 1.3), ("vit-p2", 1.2), ("linear", 1.8))
+            for v in ("t2m", "t_850")
+            for h in (6, 24)
+        }
+    )
     long, wide = write_sequence_length(df, 32, 64, tmp_path)
     for name in ("rmse_vs_seqlen.csv", "seqlen_change.csv", "rmse_vs_seqlen.png", "rmse_vs_seqlen.pdf"):
         assert (tmp_path / name).stat().st_size > 0, name

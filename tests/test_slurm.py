@@ -22,10 +22,14 @@ from test_workflow import ROOT, SNAKEMAKE, run, tiny_config
 @pytest.fixture(scope="module")
 def cluster():
     if shutil.which("sinfo") is None:
-        pytest.fail("Slurm is not installed: run `make test` (it starts the test cluster) or tests/cluster/start-slurm.sh as root")
+        pytest.fail(
+            "Slurm is not installed: run `make test` (it starts the test cluster) or tests/cluster/start-slurm.sh as root"
+        )
     state = subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True)
     if state.returncode != 0 or not {"idle", "mix", "alloc"} & set(state.stdout.split()):
-        pytest.fail(f"the Slurm test cluster is not up (sinfo: {state.stdout or state.stderr}); run tests/cluster/start-slurm.sh")
+        pytest.fail(
+            f"the Slurm test cluster is not up (sinfo: {state.stdout or state.stderr}); run tests/cluster/start-slurm.sh"
+        )
 
 
 @pytest.mark.workflow
@@ -47,11 +51,24 @@ def test_slurm_run_equals_local_run(cluster, tmp_path, demo_cfg):
         cfg_path = workdir / "tiny.yaml"
         cfg_path.write_text(yaml.safe_dump(cfg))
         profile = ["--profile", str(ROOT / "profiles" / ("ci-slurm" if mode == "slurm" else "local"))]
-        output[mode] = run([*SNAKEMAKE, "-s", str(ROOT / "Snakefile"), "--directory", str(workdir), "--configfile", str(cfg_path), *profile, "--printshellcmds"], workdir)
+        output[mode] = run(
+            [
+                *SNAKEMAKE,
+                "-s",
+                str(ROOT / "Snakefile"),
+                "--directory",
+                str(workdir),
+                "--configfile",
+                str(cfg_path),
+                *profile,
+                "--printshellcmds",
+            ],
+            workdir,
+        )
         results[mode] = pd.read_csv(workdir / "results" / "eval" / "metrics.csv").drop(columns="run")
     # every stage ran as a Slurm job
     for rule in ("synth", "regrid", "stats", "tokenize", "train", "predict", "baseline", "evaluate"):
-        assert f"submitted with SLURM jobid" in output["slurm"] and f"slurm_logs/rule_{rule}/" in output["slurm"], rule
+        assert "submitted with SLURM jobid" in output["slurm"] and f"slurm_logs/rule_{rule}/" in output["slurm"], rule
     assert re.search(r"srun --nodes 1 --ntasks 2 seqvit train", output["slurm"])
     assert "torchrun --standalone --nproc-per-node 2 -m seqvit.cli train" in output["local"]
     pd.testing.assert_frame_equal(results["local"], results["slurm"], rtol=1e-6)
@@ -61,8 +78,12 @@ def test_slurm_run_equals_local_run(cluster, tmp_path, demo_cfg):
 
 
 def _sbatch(command: str, out) -> str:
-    done = subprocess.run(["sbatch", "--parsable", "-n", "2", "-o", str(out), "--wrap", command],
-                          capture_output=True, text=True, check=True)  # fmt: skip
+    done = subprocess.run(
+        ["sbatch", "--parsable", "-n", "2", "-o", str(out), "--wrap", command],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return done.stdout.strip().split(";")[0]
 
 
@@ -109,9 +130,27 @@ def _usr1_then_resubmit(tmp_path, cfg):
     reference.write_text(yaml.safe_dump(cfg))
     (tmp_path / "signal" / "reference" / "tokens").mkdir(parents=True)
     (tmp_path / "signal" / "reference" / "tokens" / "p8.zarr").symlink_to(tokens / "p8.zarr")
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m",
-                    "seqvit.cli", "train", "--config", str(reference), "--patch-size", "8", "--quiet"],
-                   check=True, capture_output=True, cwd=ROOT)  # fmt: skip
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            "-m",
+            "seqvit.cli",
+            "train",
+            "--config",
+            str(reference),
+            "--patch-size",
+            "8",
+            "--quiet",
+        ],
+        check=True,
+        capture_output=True,
+        cwd=ROOT,
+    )
     a = torch.load(tmp_path / "signal" / "reference" / "train" / "p8" / "model.pt", weights_only=False)["state_dict"]
     b = torch.load(run_dir / "model.pt", weights_only=False)["state_dict"]
     assert all(torch.equal(a[name], b[name]) for name in a)

@@ -66,8 +66,14 @@ def wb2_cfg(demo_cfg, tmp_path, wb2_store):
     cfg = demo_cfg
     cfg["results"] = str(tmp_path / "results")
     cfg["source"] = {"kind": "weatherbench2", "store": str(wb2_store[0])}
-    cfg["data"].update(years=[2018], months=[1, 2], hours=[0, 6, 12, 18], single_level=["t2m"],
-                       pressure_level=["t", "z"], levels=[850, 500])  # fmt: skip
+    cfg["data"].update(
+        years=[2018],
+        months=[1, 2],
+        hours=[0, 6, 12, 18],
+        single_level=["t2m"],
+        pressure_level=["t", "z"],
+        levels=[850, 500],
+    )
     return cfg
 
 
@@ -77,7 +83,10 @@ def test_weatherbench2_store_becomes_verified_raw_files_and_regrids_as_identity(
     assert sorted(outcome.values()) == ["fetched"] * 4
     layout = Layout(wb2_cfg)
     record = json.loads(find_request(wb2_cfg, "pressure-levels/2018/02").manifest_path(layout.raw_dir).read_text())
-    assert record["source"] == "weatherbench2" and record["store_variables"] == {"t": "temperature", "z": "geopotential"}
+    assert record["source"] == "weatherbench2" and record["store_variables"] == {
+        "t": "temperature",
+        "z": "geopotential",
+    }
     assert record["content"]["time_steps"] == 28 * 4 and record["content"]["grid"] == [32, 64]
 
     raw = xr.open_dataset(layout.raw("pressure-levels", 2018, 1))  # the CDS layout regrid expects
@@ -85,7 +94,10 @@ def test_weatherbench2_store_becomes_verified_raw_files_and_regrids_as_identity(
     assert list(raw["pressure_level"].values) == [850.0, 500.0] and raw["latitude"].values[0] > 0
     raw.close()
 
-    for group, names in (("single-levels", {"t2m": "2m_temperature"}), ("pressure-levels", {"t": "temperature", "z": "geopotential"})):
+    for group, names in (
+        ("single-levels", {"t2m": "2m_temperature"}),
+        ("pressure-levels", {"t": "temperature", "z": "geopotential"}),
+    ):
         out = tmp_path / f"{group}.nc"
         regrid_files(layout.raw_year(group, 2018), out, "5.625deg", "conservative")
         with xr.open_dataset(out) as regridded:
@@ -113,7 +125,9 @@ def test_weatherbench2_gaps_and_names_are_clear_errors(wb2_cfg):
 
 @pytest.mark.skipif(importlib.util.find_spec("gcsfs") is not None, reason="gcsfs is installed")
 def test_public_store_without_gcsfs_says_what_to_install(wb2_cfg):
-    wb2_cfg["source"]["store"] = "gs://weatherbench2/datasets/era5/1959-2023_01_10-6h-64x32_equiangular_conservative.zarr"
+    wb2_cfg["source"]["store"] = (
+        "gs://weatherbench2/datasets/era5/1959-2023_01_10-6h-64x32_equiangular_conservative.zarr"
+    )
     with pytest.raises(SeqvitError, match=r"needs gcsfs: pip install 'seqvit\[gcs\]'"):
         download(wb2_cfg, ["single-levels/2018/01"])
 
@@ -128,7 +142,13 @@ def cds_dataset(names, times, levels=None, expver="0001", offset=0.0):
     """Data variables in the current CDS netCDF layout."""
     dims = ("valid_time", *(["pressure_level"] if levels else []), "latitude", "longitude")
     shape = (*([len(levels)] if levels else []), LAT.size, LON.size)
-    coords = {"valid_time": times, "latitude": LAT, "longitude": LON, "number": 0, "expver": ("valid_time", [expver] * len(times))}
+    coords = {
+        "valid_time": times,
+        "latitude": LAT,
+        "longitude": LON,
+        "number": 0,
+        "expver": ("valid_time", [expver] * len(times)),
+    }
     if levels:
         coords["pressure_level"] = np.array(sorted(levels, reverse=True), dtype=float)
     data = {name: (dims, field(times, shape, offset + 10 * i), {"units": "K"}) for i, name in enumerate(names)}
@@ -136,7 +156,12 @@ def cds_dataset(names, times, levels=None, expver="0001", offset=0.0):
 
 
 def write_nc(ds, path):
-    ds.to_netcdf(path, encoding={"valid_time": {"units": "seconds since 1970-01-01", "dtype": "int64"}} if "valid_time" in ds else None)
+    ds.to_netcdf(
+        path,
+        encoding={"valid_time": {"units": "seconds since 1970-01-01", "dtype": "int64"}}
+        if "valid_time" in ds
+        else None,
+    )
 
 
 @pytest.fixture
@@ -179,7 +204,9 @@ def local_cfg(demo_cfg, tmp_path, local_dir):
     cfg = demo_cfg
     cfg["results"] = str(tmp_path / "results")
     cfg["source"] = {"kind": "local", "path": str(local_dir)}
-    cfg["data"].update(years=[2018], months=[1, 2], hours=[0, 12], single_level=["t2m"], pressure_level=["t"], levels=[500, 850])
+    cfg["data"].update(
+        years=[2018], months=[1, 2], hours=[0, 12], single_level=["t2m"], pressure_level=["t"], levels=[500, 850]
+    )
     return cfg
 
 
@@ -192,7 +219,9 @@ def test_local_files_of_every_layout_become_verified_raw_files(local_cfg, local_
     np.testing.assert_array_equal(t2m["t2m"].sel(time=jan).values, field(jan, (5, 8), 250)[:, ::-1, :])
     t = era5.open_raw(layout.raw_year("pressure-levels", 2018))
     expected = field(jan, (2, 5, 8), 200)  # levels 850, 500 as written; latitude north to south
-    np.testing.assert_array_equal(t["t"].sel(time=jan, level=850).values, expected[:, 0, ::-1, :])  # ERA5 and ERA5T joined
+    np.testing.assert_array_equal(
+        t["t"].sel(time=jan, level=850).values, expected[:, 0, ::-1, :]
+    )  # ERA5 and ERA5T joined
     assert not np.isnan(t["t"].values).any()
     record = json.loads(find_request(local_cfg, "pressure-levels/2018/01").manifest_path(layout.raw_dir).read_text())
     assert record["source"] == "local" and [Path(f["path"]).name for f in record["files"]] == ["t_201801_era5_era5t.nc"]
@@ -223,10 +252,26 @@ def test_snakemake_runs_the_download_jobs(local_cfg, tmp_path):
     targets = [str(p) for p in Layout(local_cfg).raw_all() if p.parent.name == "2018"]  # the year on disk
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     proc = subprocess.run(
-        [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--directory", str(tmp_path),
-         "--configfile", str(path), "--cores", "2", *targets],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "-s",
+            str(ROOT / "Snakefile"),
+            "--directory",
+            str(tmp_path),
+            "--configfile",
+            str(path),
+            "--cores",
+            "2",
+            *targets,
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "2 of 2 steps (100%) done" in proc.stdout + proc.stderr
     for request_id in ("single-levels/2018/01", "pressure-levels/2018/01"):
@@ -252,9 +297,16 @@ def test_cfgrib_shaped_datasets_become_canonical():
     times = pd.date_range("2018-01-01", periods=3, freq="6h")
     instant = xr.Dataset(
         {"t": (("time", "isobaricInhPa", "latitude", "longitude"), np.ones((3, 2, 5, 8), "f4"))},
-        coords={"time": times, "step": np.timedelta64(0, "ns"), "isobaricInhPa": [850.0, 500.0], "latitude": LAT,
-                "longitude": LON, "valid_time": ("time", times.values), "number": 0},
-    )  # fmt: skip
+        coords={
+            "time": times,
+            "step": np.timedelta64(0, "ns"),
+            "isobaricInhPa": [850.0, 500.0],
+            "latitude": LAT,
+            "longitude": LON,
+            "valid_time": ("time", times.values),
+            "number": 0,
+        },
+    )
     ds = era5.canonicalize(instant)
     assert list(ds["t"].dims) == ["time", "level", "latitude", "longitude"] and list(ds["level"].values) == [500, 850]
     # accumulations: forecast base times x steps, with valid times outside the delivery left empty
@@ -265,7 +317,13 @@ def test_cfgrib_shaped_datasets_become_canonical():
     values = np.where(inside[..., None, None], 1.0, np.nan).astype("f4") * np.ones((1, 1, 5, 8), "f4")
     accum = xr.Dataset(
         {"tp": (("time", "step", "latitude", "longitude"), values)},
-        coords={"time": base, "step": steps, "latitude": LAT, "longitude": LON, "valid_time": (("time", "step"), valid)},
+        coords={
+            "time": base,
+            "step": steps,
+            "latitude": LAT,
+            "longitude": LON,
+            "valid_time": (("time", "step"), valid),
+        },
     )
     ds = era5.canonicalize(accum)
     assert list(ds["tp"].dims) == ["time", "latitude", "longitude"]
@@ -292,7 +350,10 @@ def test_verification_names_what_is_wrong(tmp_path):
         (Expectation(("t", "z"), (500, 850), good.times), r"holds no variable z"),
         (Expectation(("t",), (500, 700, 850), good.times), r"missing \[700\] hPa"),
         (Expectation(("t",), (500, 850), good.times[:3]), r"holds 1 time steps that were not requested"),
-        (Expectation(("t",), (500, 850), good.times, np.linspace(90, -90, 9), LON), r"latitude has 5 points .* expected 9"),
+        (
+            Expectation(("t",), (500, 850), good.times, np.linspace(90, -90, 9), LON),
+            r"latitude has 5 points .* expected 9",
+        ),
     ]
     for expected, message in cases:
         with pytest.raises(VerificationError, match=message):

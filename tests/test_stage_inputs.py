@@ -21,7 +21,15 @@ def test_tokenize_without_regridded_files_asks_for_the_regrid_stage(tmp_path, ca
 def test_provenance_without_scores_asks_for_the_evaluate_stage(tmp_path, capsys):
     results = tmp_path / "results"
     (tmp_path / ".snakemake" / "metadata").mkdir(parents=True)  # Snakemake has run, evaluate has not
-    args = ["provenance", "--config", DEMO, "--set", f"results={results}", "--snakemake-dir", str(tmp_path / ".snakemake")]
+    args = [
+        "provenance",
+        "--config",
+        DEMO,
+        "--set",
+        f"results={results}",
+        "--snakemake-dir",
+        str(tmp_path / ".snakemake"),
+    ]
     assert main([*args, "--no-validate"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("seqvit provenance: error: ")

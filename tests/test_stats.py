@@ -7,6 +7,8 @@ import pandas as pd
 import pytest
 import xarray as xr
 
+from conftest import stamp_lineage
+from seqvit import lineage
 from seqvit.data import stats
 from seqvit.data.stats import (
     WINDOW_DAYS,
@@ -17,8 +19,6 @@ from seqvit.data.stats import (
     triangular_window,
 )
 from seqvit.errors import SeqvitError
-from conftest import stamp_lineage
-from seqvit import lineage
 
 LAT = np.array([-67.5, -22.5, 22.5, 67.5])
 LON = np.arange(8) * 45.0
@@ -95,7 +95,9 @@ def test_mean_std_use_training_years_only_and_match_numpy(tmp_path, monkeypatch)
     mean2, std2, _ = load_stats(out / "stats2.nc")
     np.testing.assert_array_equal(mean2, mean)
     np.testing.assert_array_equal(std2, std)
-    np.testing.assert_array_equal(load_climatology(out / "clim2.nc").values, load_climatology(out / "climatology.nc").values)
+    np.testing.assert_array_equal(
+        load_climatology(out / "clim2.nc").values, load_climatology(out / "climatology.nc").values
+    )
 
     with xr.open_dataset(out / "stats.nc") as ds:
         assert ds["mean"].dtype == np.float64 and ds["std"].dtype == np.float64
@@ -197,7 +199,9 @@ def test_day_366_of_a_year_without_29_february_repeats_day_365(tmp_path):
     at the year end, so the window around day 366 depends on what day 366 holds."""
 
     def day_of_year(times, channel):
-        return np.broadcast_to(times.day_of_year.values[:, None, None] + 0.0 * channel, (len(times), LAT.size, LON.size))
+        return np.broadcast_to(
+            times.day_of_year.values[:, None, None] + 0.0 * channel, (len(times), LAT.size, LON.size)
+        )
 
     paths = write_year(tmp_path, 2015, day_of_year)
     compute_stats(make_cfg(train=[2015]), paths, tmp_path / "stats.nc", tmp_path / "clim.nc")
@@ -303,7 +307,13 @@ def test_outputs_are_cf_netcdf_with_units_and_history(tmp_path):
         encoding = ds["climatology"].encoding
         assert encoding["zlib"] and encoding["chunksizes"][0] == 1  # one channel per chunk
     # Readers see the contract's coordinates only.
-    assert set(load_climatology(tmp_path / "clim.nc").coords) == {"channel", "dayofyear", "hour", "latitude", "longitude"}
+    assert set(load_climatology(tmp_path / "clim.nc").coords) == {
+        "channel",
+        "dayofyear",
+        "hour",
+        "latitude",
+        "longitude",
+    }
 
 
 def test_mixed_units_are_given_per_channel(tmp_path):
@@ -332,7 +342,10 @@ def test_std_merge_is_stable_for_a_large_mean(tmp_path, monkeypatch):
     compute_stats(make_cfg(), paths, tmp_path / "stats.nc", tmp_path / "clim.nc")
     mean, std, _ = load_stats(tmp_path / "stats.nc")
     reference = np.concatenate(
-        [np.stack([random_values(y, offset=1e6)(year_times(y), c).astype(np.float32) for c in range(3)], axis=1) for y in (2015, 2016)]
+        [
+            np.stack([random_values(y, offset=1e6)(year_times(y), c).astype(np.float32) for c in range(3)], axis=1)
+            for y in (2015, 2016)
+        ]
     ).astype(np.float64)
     np.testing.assert_allclose(std, reference.std(axis=(0, 2, 3)), rtol=1e-10)
     np.testing.assert_allclose(mean, reference.mean(axis=(0, 2, 3)), rtol=1e-14)

@@ -12,8 +12,8 @@ from seqvit.errors import SeqvitError
 from seqvit.model.vit import build_model
 from seqvit.train import throughput
 from seqvit.train.throughput import (
-    _measure_cpu,
     Throughput,
+    _measure_cpu,
     forward_flops_by_part,
     measured_cpu_peak_tflops,
     model_flops_per_sample,
@@ -74,8 +74,9 @@ def test_flops_by_part_and_the_training_factor():
 
 
 def test_throughput_and_mfu_arithmetic():
-    rates = Throughput(samples=1200, seconds=60, world_size=8, flops_per_sample=5e12, peak_tflops_per_device=191.5,
-                       num_tokens=4096)  # fmt: skip
+    rates = Throughput(
+        samples=1200, seconds=60, world_size=8, flops_per_sample=5e12, peak_tflops_per_device=191.5, num_tokens=4096
+    )
     assert rates.samples_per_s == 20
     assert rates.tokens_per_s == 20 * 4096
     assert rates.tflops == pytest.approx(100.0)  # 20 samples/s x 5 TFLOP

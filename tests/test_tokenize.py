@@ -4,12 +4,12 @@ import pytest
 import torch
 import xarray as xr
 
+from conftest import stamp_lineage
+from seqvit import lineage
 from seqvit.data.grids import latitude_weights, named_grid
 from seqvit.data.loader import ForecastPairs
 from seqvit.data.tokenize import open_tokens, patchify, token_weights, tokenize, unpatchify
 from seqvit.errors import SeqvitError
-from conftest import stamp_lineage
-from seqvit import lineage
 
 
 def test_patchify_layout_and_inverse():

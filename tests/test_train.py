@@ -10,13 +10,13 @@ import pytest
 import torch
 import xarray as xr
 
+from conftest import stamp_lineage
+from seqvit import lineage
 from seqvit.data.tokenize import tokenize, unpatchify
 from seqvit.errors import SeqvitError
 from seqvit.train.checkpoint import StopRequest
 from seqvit.train.engine import lr_factor, train
 from seqvit.train.predict import predict
-from conftest import stamp_lineage
-from seqvit import lineage
 
 HEIGHT, WIDTH, P = 8, 16, 4
 CFG = {
@@ -99,7 +99,9 @@ def test_train_writes_outputs_and_resumes_bit_identically(store, tmp_path):
     assert list((tmp_path / "whole" / "tensorboard").glob("events.out.tfevents.*"))
     rows = read_metrics(tmp_path / "whole" / "metrics.csv")
     assert [int(r["step"]) for r in rows] == [2, 4, 6, 8, 10, 12]
-    assert {"step", "loss", "val_loss", "lr", "samples_per_s", "tokens_per_s", "tflops", "mfu", "elapsed_s"} <= set(rows[0])
+    assert {"step", "loss", "val_loss", "lr", "samples_per_s", "tokens_per_s", "tflops", "mfu", "elapsed_s"} <= set(
+        rows[0]
+    )
     assert [r["val_loss"] != "" for r in rows] == [False, False, True, False, False, True]
     assert float(rows[-1]["lr"]) == pytest.approx(0.0, abs=1e-12)
     for row in rows:  # 8 tokens a sample: tokens/s is samples/s x 8; MFU a fraction of the measured peak
@@ -121,7 +123,10 @@ def test_train_writes_outputs_and_resumes_bit_identically(store, tmp_path):
     for key in ("step", "loss", "val_loss", "lr"):
         assert [r[key] for r in split_rows] == [r[key] for r in rows]
     # the two newest checkpoints are kept
-    assert sorted(p.name for p in (tmp_path / "split" / "checkpoints").glob("step*")) == ["step00000008", "step00000012"]
+    assert sorted(p.name for p in (tmp_path / "split" / "checkpoints").glob("step*")) == [
+        "step00000008",
+        "step00000012",
+    ]
 
 
 def test_resume_after_a_crash_between_checkpoints(store, tmp_path):
@@ -148,7 +153,10 @@ def test_resume_refuses_a_checkpoint_of_other_settings(store, tmp_path):
     train(CFG, tokens_path, run, P, progress=False, stop_at_step=4)
     changed = copy.deepcopy(CFG)
     changed["train"]["lr"] = 0.01
-    with pytest.raises(SeqvitError, match=r"run.json: the checkpoints .* were written with other settings \(train\.lr: 0\.003 in the file, 0\.01 in the config\)"):
+    with pytest.raises(
+        SeqvitError,
+        match=r"run.json: the checkpoints .* were written with other settings \(train\.lr: 0\.003 in the file, 0\.01 in the config\)",
+    ):
         train(changed, tokens_path, run, P, progress=False)
     harmless = copy.deepcopy(CFG)
     harmless["train"]["val_every"] = 4  # bookkeeping only: resuming is fine
@@ -162,7 +170,10 @@ def _losses(run):
 def test_gradient_accumulation_and_activation_checkpointing_keep_the_loss_curve(store, tmp_path):
     tokens_path, _ = store
     train(CFG, tokens_path, tmp_path / "plain", P, progress=False)
-    for name, extra in {"accumulate": {"grad_accumulation": 2}, "recompute": {"activation_checkpointing": True}}.items():
+    for name, extra in {
+        "accumulate": {"grad_accumulation": 2},
+        "recompute": {"activation_checkpointing": True},
+    }.items():
         cfg = copy.deepcopy(CFG)
         cfg["train"].update(extra)
         train(cfg, tokens_path, tmp_path / name, P, progress=False)

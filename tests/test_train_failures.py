@@ -25,14 +25,14 @@ import torch
 import xarray as xr
 import yaml
 
+from conftest import stamp_lineage
+from processes import command_line, descendants, identity, parent, still_running
 from seqvit import lineage
 from seqvit.config import load_config
 from seqvit.data.tokenize import tokenize
 from seqvit.errors import SeqvitError
 from seqvit.parallel.spawn import free_port
 from seqvit.train.engine import train
-from conftest import stamp_lineage
-from processes import command_line, descendants, identity, parent, still_running
 
 ROOT = Path(__file__).resolve().parents[1]
 HEIGHT, WIDTH, P = 8, 16, 4  # 2 x 4 patches: 8 tokens
@@ -52,9 +52,19 @@ def setup(tmp_path_factory):
     cfg["tokenize"]["patch_sizes"] = [P]
     cfg["model"] = {"embed_dim": 16, "depth": 1, "num_heads": 2, "mlp_ratio": 2, "dropout": 0.0}
     cfg["train"].update(
-        lead_hours=[6, 24], batch_size=4, steps=12, lr=0.003, weight_decay=0.01, warmup_steps=2, val_every=4,
-        checkpoint_every=4, log_every=2, threads=1, seed=0, loader_workers=1,
-    )  # fmt: skip
+        lead_hours=[6, 24],
+        batch_size=4,
+        steps=12,
+        lr=0.003,
+        weight_decay=0.01,
+        warmup_steps=2,
+        val_every=4,
+        checkpoint_every=4,
+        log_every=2,
+        threads=1,
+        seed=0,
+        loader_workers=1,
+    )
     config = root / "config.yaml"
     config.write_text(yaml.safe_dump(cfg))
     cfg = load_config(config)  # with the defaults the CLI adds: the store's recorded settings must match them
@@ -101,9 +111,17 @@ def _train_command(config: Path, nproc: int, *sets: str) -> list[str]:
     command = [sys.executable]
     if nproc > 1:
         command += [
-            "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", str(nproc),
-            "--master-addr", "127.0.0.1", "--master-port", str(free_port()),
-        ]  # fmt: skip
+            "-m",
+            "torch.distributed.run",
+            "--nnodes",
+            "1",
+            "--nproc-per-node",
+            str(nproc),
+            "--master-addr",
+            "127.0.0.1",
+            "--master-port",
+            str(free_port()),
+        ]
     command += ["-m", "seqvit.cli", "train", "--config", str(config), "--patch-size", str(P), "--quiet"]
     if nproc > 1:
         command += ["--set", f"parallel.sp={nproc}"]
@@ -232,8 +250,9 @@ def test_helpers_end_when_a_training_process_is_killed(setup, tmp_path, nproc):
     """SIGKILL one training process (under torchrun: torchrun then tears the other rank down): its fork
     server, loader worker and resource tracker, and every other process of the run, end within seconds."""
     config, run_dir = _own_results(setup, tmp_path)
-    run = Run(_train_command(config, nproc, "train.steps=100000", "train.val_every=100000",
-                             "train.checkpoint_every=100000"))  # fmt: skip
+    run = Run(
+        _train_command(config, nproc, "train.steps=100000", "train.val_every=100000", "train.checkpoint_every=100000")
+    )
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and run.proc.poll() is None:
@@ -250,8 +269,10 @@ def test_helpers_end_when_a_training_process_is_killed(setup, tmp_path, nproc):
         ended = run.wait(timeout=120)
         assert run.proc.returncode != 0
         left, _ = _gone_within(run, HELPERS_END_WITHIN)
-        print(f"{nproc} rank(s): helpers {helpers} gone {time.monotonic() - killed:.2f} s after the SIGKILL "
-              f"(the run ended after {ended - killed:.2f} s)")  # fmt: skip
+        print(
+            f"{nproc} rank(s): helpers {helpers} gone {time.monotonic() - killed:.2f} s after the SIGKILL "
+            f"(the run ended after {ended - killed:.2f} s)"
+        )
         assert not left
     finally:
         run.kill_all()

@@ -75,9 +75,21 @@ def test_whole_workflow_runs_and_reruns_nothing(tiny):
     crate = json.loads((results / "provenance" / "ro-crate-metadata.json").read_text())
     actions = [e for e in crate["@graph"] if e["@type"] == "CreateAction" and e["@id"].startswith("#job-")]
     rules = {a["instrument"]["@id"].removeprefix("#rule-") for a in actions}
-    assert rules == {"synth", "regrid", "stats", "climatology", "tokenize", "train", "predict", "baseline", "evaluate"}, rules
+    assert rules == {
+        "synth",
+        "regrid",
+        "stats",
+        "climatology",
+        "tokenize",
+        "train",
+        "predict",
+        "baseline",
+        "evaluate",
+    }, rules
     assert all(a.get("startTime") and a.get("endTime") for a in actions)
-    assert (results / "provenance" / "methods.md").exists() and (results / "provenance" / "tables" / "rmse.tex").exists()
+    assert (results / "provenance" / "methods.md").exists() and (
+        results / "provenance" / "tables" / "rmse.tex"
+    ).exists()
 
     # nothing changed: nothing reruns
     assert "Nothing to be done" in run([*base, "-n"], workdir)
@@ -110,8 +122,9 @@ def _interrupt_training_and_retry(workdir, base, results):
     command = [*base[: base.index("--configfile")], "--configfile", str(longer), "--cores", "2", "--retries", "1"]
     model = results / "train" / "p8" / "model.pt"
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    proc = subprocess.Popen([*command, str(model)], cwd=workdir, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [*command, str(model)], cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     metrics, deadline, signalled = results / "train" / "p8" / "metrics.csv", time.monotonic() + 300, []
     while time.monotonic() < deadline and proc.poll() is None and not signalled:
         if metrics.exists() and len(metrics.read_text().splitlines()) >= 3:  # header + two rows: mid-run

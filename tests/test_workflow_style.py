@@ -18,7 +18,9 @@ def test_every_rule_declares_log_benchmark_environment_resources_and_message():
     text = "\n".join(p.read_text() for p in sorted((ROOT / "workflow" / "rules").glob("*.smk")))
     parts = re.split(r"^\s*rule (\w+):", text, flags=re.M)
     rules = dict(zip(parts[1::2], parts[2::2]))
-    assert {"synth", "download", "regrid", "stats", "tokenize", "train", "predict", "baseline", "evaluate"} <= set(rules)
+    assert {"synth", "download", "regrid", "stats", "tokenize", "train", "predict", "baseline", "evaluate"} <= set(
+        rules
+    )
     for name, block in rules.items():
         for directive in ("log:", "benchmark:", "conda:", "resources:", "message:"):
             assert f"{directive}\n" in block, f"rule {name} lacks {directive}"

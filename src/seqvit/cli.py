@@ -49,7 +49,9 @@ def cmd_regrid(args):
 
     *inputs, output = args.files
     if not inputs:
-        raise SeqvitError("regrid needs at least one input file and one output file: seqvit regrid IN.nc [IN.nc ...] OUT.nc")
+        raise SeqvitError(
+            "regrid needs at least one input file and one output file: seqvit regrid IN.nc [IN.nc ...] OUT.nc"
+        )
     raw_lineage = None
     if args.config:  # the workflow's call: refuse raw files of another source
         from seqvit import lineage
@@ -97,9 +99,13 @@ def cmd_train(args):
     cfg = _config(args)
     lay = Layout(cfg)
     train(
-        cfg, lay.tokens(args.patch_size), lay.run_dir(args.patch_size), args.patch_size, progress=not args.quiet,
+        cfg,
+        lay.tokens(args.patch_size),
+        lay.run_dir(args.patch_size),
+        args.patch_size,
+        progress=not args.quiet,
         restart_if_changed=args.restart_if_changed,
-    )  # fmt: skip
+    )
     if launcher_env()["rank"] == 0:  # under torchrun / srun only rank 0 writes and reports
         print(f"wrote {lay.run_dir(args.patch_size)}")
 
@@ -134,7 +140,14 @@ def cmd_evaluate(args):
     lay = Layout(cfg)
     names = lay.model_names() + lay.baseline_names()
     train_logs = {f"p{p}": lay.run_dir(p) / "metrics.csv" for p in lay.patch_sizes()}
-    evaluate(cfg, {n: lay.prediction(n) for n in names}, lay.regridded_all(), lay.climatology, lay.eval_dir, train_logs=train_logs)
+    evaluate(
+        cfg,
+        {n: lay.prediction(n) for n in names},
+        lay.regridded_all(),
+        lay.climatology,
+        lay.eval_dir,
+        train_logs=train_logs,
+    )
     print(f"wrote {lay.eval_dir / 'metrics.csv'}")
 
 
@@ -145,7 +158,11 @@ def cmd_provenance(args):
     cfg = _config(args)
     lay = Layout(cfg)
     out = build_provenance(
-        cfg, lay, [Path(p) for p in args.config], Path(args.snakemake_dir), validate=not args.no_validate,
+        cfg,
+        lay,
+        [Path(p) for p in args.config],
+        Path(args.snakemake_dir),
+        validate=not args.no_validate,
         record_hosts=args.record_hosts,
     )
     print(f"wrote {out}")
@@ -178,11 +195,16 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text)
         if config:
             p.add_argument(
-                "--config", action="append", required=True, metavar="C",
+                "--config",
+                action="append",
+                required=True,
+                metavar="C",
                 help="YAML config (repeat to merge several, later ones win)",
             )
             p.add_argument(
-                "--set", action="append", metavar="KEY=VALUE",
+                "--set",
+                action="append",
+                metavar="KEY=VALUE",
                 help="override a dotted config key, e.g. --set train.steps=100",
             )
         p.set_defaults(func=func)
@@ -193,28 +215,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
     p = stage(
-        "download", cmd_download,
+        "download",
+        cmd_download,
         "fetch raw ERA5 from source.kind (cds, weatherbench2, local), verify it, then rename it into place",
-    )  # fmt: skip
+    )
     p.add_argument("--plan", action="store_true", help="print the requests (one raw file each) and send nothing")
     p.add_argument(
-        "--request", action="append", metavar="ID",
+        "--request",
+        action="append",
+        metavar="ID",
         help="only this request, e.g. pressure-levels/1979/01 (repeatable; ids from --plan)",
-    )  # fmt: skip
+    )
 
     p = stage("regrid", cmd_regrid, "regrid ERA5-layout netCDF to a named grid", config=False)
     p.add_argument(
-        "--config", action="append", metavar="C",
+        "--config",
+        action="append",
+        metavar="C",
         help="YAML config: refuse raw files made by another source than its source section (the workflow passes it)",
     )
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a dotted config key")
-    p.add_argument("files", nargs="+", metavar="FILE", help="IN.nc [IN.nc ...] OUT.nc (inputs are concatenated in time)")
+    p.add_argument(
+        "files", nargs="+", metavar="FILE", help="IN.nc [IN.nc ...] OUT.nc (inputs are concatenated in time)"
+    )
     p.add_argument("--grid", default="5.625deg", help="target grid: 5.625deg, 2.8125deg, 1.40625deg, 1deg, 0.25deg")
     p.add_argument("--method", default="conservative", choices=["conservative", "bilinear"])
 
     stage("stats", cmd_stats, "mean and standard deviation per channel over the training years (stats.nc)")
     stage(
-        "climatology", cmd_climatology,
+        "climatology",
+        cmd_climatology,
         "smoothed day-of-year x hour-of-day climatology over stats.climatology_years (climatology.nc)",
     )
 
@@ -222,18 +252,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--patch-size", type=int, required=True, metavar="P")
 
     p = stage(
-        "train", cmd_train,
+        "train",
+        cmd_train,
         "train the ViT for one patch size on DeepSpeed (resumes from its newest checkpoint; SIGTERM or SIGUSR1 "
         "checkpoint and exit with status 75); under torchrun or srun with --set parallel.sp=P the token sequence "
         "of each sample is split over P processes",
-    )  # fmt: skip
+    )
     p.add_argument("--patch-size", type=int, required=True, metavar="P")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument(
-        "--restart-if-changed", action="store_true",
+        "--restart-if-changed",
+        action="store_true",
         help="checkpoints written with other settings are moved to checkpoints.previous/ and training starts "
         "afresh (without it they are refused)",
-    )  # fmt: skip
+    )
 
     p = stage("predict", cmd_predict, "forecast the test years with a trained ViT")
     p.add_argument("--patch-size", type=int, required=True, metavar="P")
@@ -243,16 +275,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     stage("evaluate", cmd_evaluate, "latitude-weighted RMSE/ACC of every model and baseline, table and figures")
     p = stage(
-        "provenance", cmd_provenance,
+        "provenance",
+        cmd_provenance,
         "Workflow Run RO-Crate (one action per Snakemake job, checksums, config, git, versions, hardware), "
         "methods.md and LaTeX tables under <results>/provenance",
-    )  # fmt: skip
-    p.add_argument("--snakemake-dir", default=".snakemake", metavar="DIR", help="Snakemake's state folder (job records)")
+    )
+    p.add_argument(
+        "--snakemake-dir", default=".snakemake", metavar="DIR", help="Snakemake's state folder (job records)"
+    )
     p.add_argument("--no-validate", action="store_true", help="skip the RO-Crate validator even when it is installed")
     p.add_argument(
-        "--record-hosts", action="store_true",
+        "--record-hosts",
+        action="store_true",
         help="also record the host name of this machine and of each local job (default: no host names)",
-    )  # fmt: skip
+    )
     p = stage("paths", cmd_paths, "print the results folder and the main output paths of a config")
     p.add_argument("--results", action="store_true", help="print only the results folder (make report uses it)")
     return parser
@@ -260,7 +296,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(name)s %(message)s"
+    )
     start = time.perf_counter()
     try:
         args.func(args)

@@ -27,7 +27,13 @@ SOURCE_FETCH_KEYS = ("max_parallel", "retry", "max_fields", "storage_options")
 # Train keys that change neither the weights a run produces nor what is evaluated: a checkpoint
 # resumes across them, and the workflow does not retrain for them (they take effect next run).
 TRAIN_REPORTING_KEYS = (
-    "threads", "val_every", "checkpoint_every", "log_every", "loader_workers", "peak_tflops", "keep_checkpoints",
+    "threads",
+    "val_every",
+    "checkpoint_every",
+    "log_every",
+    "loader_workers",
+    "peak_tflops",
+    "keep_checkpoints",
 )
 FIX = (
     "rerun the stage that writes it with this config (snakemake reruns it once the file is deleted), "
@@ -41,7 +47,11 @@ def raw(cfg: dict) -> dict:
 
 
 def regridded(cfg: dict) -> dict:
-    return {**raw(cfg), "grid": cfg.get("grid"), "regrid_method": (cfg.get("regrid") or {}).get("method", "conservative")}
+    return {
+        **raw(cfg),
+        "grid": cfg.get("grid"),
+        "regrid_method": (cfg.get("regrid") or {}).get("method", "conservative"),
+    }
 
 
 def _channels(cfg: dict) -> list[str]:
@@ -54,7 +64,12 @@ def stats(cfg: dict) -> dict:
 
 def climatology(cfg: dict) -> dict:
     years = sorted(int(y) for y in (cfg.get("stats") or {}).get("climatology_years") or cfg["splits"]["train"])
-    return {**regridded(cfg), "channels": _channels(cfg), "climatology_years": years, "hours": sorted(cfg["data"].get("hours", []))}
+    return {
+        **regridded(cfg),
+        "channels": _channels(cfg),
+        "climatology_years": years,
+        "hours": sorted(cfg["data"].get("hours", [])),
+    }
 
 
 def tokens(cfg: dict, patch_size: int) -> dict:
@@ -100,7 +115,9 @@ def check(path, found: dict | None, expected: dict, what: str) -> None:
         )
     found, expected = canonical(found), canonical(expected)
     if found != expected:
-        raise SeqvitError(f"{path}: this {what} was made with other settings ({'; '.join(differences(found, expected))}); {FIX}")
+        raise SeqvitError(
+            f"{path}: this {what} was made with other settings ({'; '.join(differences(found, expected))}); {FIX}"
+        )
 
 
 def parse(text) -> dict | None:

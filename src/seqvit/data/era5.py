@@ -193,5 +193,9 @@ def open_raw(paths) -> xr.Dataset:
             finally:
                 for member in members:
                     member.close()
-    ds = parts[0] if len(parts) == 1 else xr.concat(parts, dim="time", data_vars="minimal", coords="minimal", compat="override", join="exact")
+    ds = (
+        parts[0]
+        if len(parts) == 1
+        else xr.concat(parts, dim="time", data_vars="minimal", coords="minimal", compat="override", join="exact")
+    )
     return ds.sortby("time")

@@ -21,8 +21,8 @@ import os
 import signal
 import sys
 import weakref
-from multiprocessing import forkserver, resource_tracker
 from collections import OrderedDict
+from multiprocessing import forkserver, resource_tracker
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +33,6 @@ import zarr
 from seqvit.data import fields
 from seqvit.data.tokenize import check_tokens_store, open_tokens
 from seqvit.errors import SeqvitError
-
 
 _SLURM_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 # Set only while a training process starts its fork server: the server finds its trainer's pid here.
@@ -547,9 +546,13 @@ def step_loader(batches: SegmentBatches, start_step: int, stop_step: int, worker
     # Workers deliver several consecutive steps per item when batches are small (_steps_per_item).
     groups = _StepGroups(batches, int(start_step), int(stop_step), _steps_per_item(batches))
     loader = torch.utils.data.DataLoader(
-        groups, batch_size=None, num_workers=int(workers), worker_init_fn=_worker_init, prefetch_factor=int(prefetch),
+        groups,
+        batch_size=None,
+        num_workers=int(workers),
+        worker_init_fn=_worker_init,
+        prefetch_factor=int(prefetch),
         multiprocessing_context=_worker_context(),
-    )  # fmt: skip
+    )
     return _Ungrouped(loader)
 
 

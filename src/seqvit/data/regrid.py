@@ -467,7 +467,9 @@ def _check_same_grid(first: _Source, other: _Source) -> None:
         ):
             raise SeqvitError(f"{other.path}: {coord} differs from {first.path}; all inputs must share one grid")
     if not all(np.array_equal(x, y) for x, y in zip(first.lat_lon(), other.lat_lon())):
-        raise SeqvitError(f"{other.path}: latitude/longitude order differs from {first.path}; all inputs must share one grid")
+        raise SeqvitError(
+            f"{other.path}: latitude/longitude order differs from {first.path}; all inputs must share one grid"
+        )
 
 
 def _time_chunks(n_times: int, in_bytes_per_step: int, out_bytes_per_step: int) -> tuple[int, int]:
@@ -565,7 +567,15 @@ def regrid_files(inputs, output, grid_name: str, method: str, raw_lineage: dict 
                     for index in np.unique(owner[chunk]):
                         mine = np.flatnonzero(owner[chunk] == index) + chunk_start
                         pieces.append(
-                            _Piece(start, stop, name, int(index), int(local[mine[0]]), int(local[mine[-1]]) + 1, int(mine[0]) - start)
+                            _Piece(
+                                start,
+                                stop,
+                                name,
+                                int(index),
+                                int(local[mine[0]]),
+                                int(local[mine[-1]]) + 1,
+                                int(mine[0]) - start,
+                            )
                         )
         last_read = {piece.source: i for i, piece in enumerate(pieces)}
         completes = {(piece.start, piece.name): i for i, piece in enumerate(pieces)}
@@ -617,7 +627,9 @@ def _define_output(nc, first: xr.Dataset, variables, grid: Grid, times, disk_chu
 
     nc.createDimension("time", times.size)
     time = nc.createVariable("time", "i8", ("time",))
-    time.setncatts({**_COORD_ATTRS["time"], "units": "seconds since 1970-01-01 00:00:00", "calendar": "proleptic_gregorian"})
+    time.setncatts(
+        {**_COORD_ATTRS["time"], "units": "seconds since 1970-01-01 00:00:00", "calendar": "proleptic_gregorian"}
+    )
     epoch = np.datetime64("1970-01-01T00:00:00", "ns")
     time[:] = ((times.astype("datetime64[ns]") - epoch) // np.timedelta64(1, "s")).astype(np.int64)
 

@@ -25,10 +25,10 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from seqvit import lineage
 from seqvit.data.fields import channel_names, open_channels
 from seqvit.errors import SeqvitError
 from seqvit.io import atomic_path
-from seqvit import lineage
 
 DAYS_OF_YEAR = 366
 WINDOW_DAYS = 61  # WeatherBench2's climatology window
@@ -221,7 +221,9 @@ def compute_stats(cfg: dict, regridded_paths, stats_out=None, clim_out=None) -> 
         keep = times.year == year
         times = times[keep]
         if times.has_duplicates:
-            raise SeqvitError(f"time {times[times.duplicated()][0]} appears twice in the regridded files of {year}: {files}")
+            raise SeqvitError(
+                f"time {times[times.duplicated()][0]} appears twice in the regridded files of {year}: {files}"
+            )
         lat_lon = (fields["latitude"].values, fields["longitude"].values)
         if grid is None:
             grid = lat_lon
@@ -256,15 +258,23 @@ def _channel_coords(channels, units) -> tuple[dict, dict]:
 
 def _write_stats(cfg, moments, channels, units, train_years, clim_years, found, stats_out) -> None:
     if moments.count == 0:
-        raise SeqvitError(f"config key splits.train = {train_years}: no time steps of those years in the regridded files (found {found})")
+        raise SeqvitError(
+            f"config key splits.train = {train_years}: no time steps of those years in the regridded files (found {found})"
+        )
     if np.any(moments.std == 0):
         flat = [c for c, s in zip(channels, moments.std) if s == 0]
-        raise SeqvitError(f"channels {flat} are constant over the training years; normalizing them would divide by zero")
+        raise SeqvitError(
+            f"channels {flat} are constant over the training years; normalizing them would divide by zero"
+        )
     channel_coords, same_units = _channel_coords(channels, units)
     attrs = {"Conventions": "CF-1.8", "train_years": train_years, lineage.ATTR: lineage.dumps(lineage.stats(cfg))}
     stats = xr.Dataset(
         {
-            "mean": ("channel", moments.mean, {"long_name": "mean over the training years and all grid points", **same_units}),
+            "mean": (
+                "channel",
+                moments.mean,
+                {"long_name": "mean over the training years and all grid points", **same_units},
+            ),
             "std": (
                 "channel",
                 moments.std,
@@ -272,7 +282,11 @@ def _write_stats(cfg, moments, channels, units, train_years, clim_years, found, 
             ),
         },
         coords=channel_coords,
-        attrs={**attrs, "samples_per_channel": moments.count, "history": f"seqvit stats: mean and std over the training years {train_years}"},
+        attrs={
+            **attrs,
+            "samples_per_channel": moments.count,
+            "history": f"seqvit stats: mean and std over the training years {train_years}",
+        },
     )
     with atomic_path(stats_out) as tmp:
         stats.to_netcdf(tmp, format="NETCDF4")
@@ -280,8 +294,12 @@ def _write_stats(cfg, moments, channels, units, train_years, clim_years, found, 
 
 def _write_climatology(cfg, climatology, grid, channels, units, train_years, clim_years, clim_out) -> None:
     channel_coords, same_units = _channel_coords(channels, units)
-    attrs = {"Conventions": "CF-1.8", "train_years": train_years, "climatology_years": clim_years,
-             lineage.ATTR: lineage.dumps(lineage.climatology(cfg))}
+    attrs = {
+        "Conventions": "CF-1.8",
+        "train_years": train_years,
+        "climatology_years": clim_years,
+        lineage.ATTR: lineage.dumps(lineage.climatology(cfg)),
+    }
     lat, lon = grid
     clim = xr.Dataset(
         {
@@ -298,7 +316,11 @@ def _write_climatology(cfg, climatology, grid, channels, units, train_years, cli
         coords={
             **channel_coords,
             "dayofyear": ("dayofyear", np.arange(1, DAYS_OF_YEAR + 1), {"long_name": "day of year", "units": "1"}),
-            "hour": ("hour", np.array(climatology.hours, dtype=np.int64), {"long_name": "hour of day (UTC)", "units": "hours"}),
+            "hour": (
+                "hour",
+                np.array(climatology.hours, dtype=np.int64),
+                {"long_name": "hour of day (UTC)", "units": "hours"},
+            ),
             "latitude": ("latitude", lat, {"units": "degrees_north", "standard_name": "latitude", "axis": "Y"}),
             "longitude": ("longitude", lon, {"units": "degrees_east", "standard_name": "longitude", "axis": "X"}),
         },
@@ -312,7 +334,13 @@ def _write_climatology(cfg, climatology, grid, channels, units, train_years, cli
         "climatology": {
             "zlib": True,
             "complevel": 1,
-            "chunksizes": (1, max(1, min(DAYS_OF_YEAR, 2**20 // plane_bytes)), len(climatology.hours), lat.size, lon.size),
+            "chunksizes": (
+                1,
+                max(1, min(DAYS_OF_YEAR, 2**20 // plane_bytes)),
+                len(climatology.hours),
+                lat.size,
+                lon.size,
+            ),
         }
     }
     with atomic_path(clim_out) as tmp:

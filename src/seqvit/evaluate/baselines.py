@@ -138,7 +138,9 @@ class LinearTendency:
         if not self.pca_components or min(self.pca_components) < 1:
             raise SeqvitError("config key evaluate.linear.pca_components must list positive integers, e.g. [64, 256]")
         if not self.relative_alphas or min(self.relative_alphas) <= 0:
-            raise SeqvitError("config key evaluate.linear.relative_alphas must list positive numbers, e.g. [0.001, 0.1, 10]")
+            raise SeqvitError(
+                "config key evaluate.linear.relative_alphas must list positive numbers, e.g. [0.001, 0.1, 10]"
+            )
         self.seed = seed
         self.models: dict[int, object] = {}
         self.choices: dict[int, dict] = {}
@@ -153,7 +155,9 @@ class LinearTendency:
         train_positions = np.flatnonzero(train_mask)
         n_components = min(max(self.pca_components), len(train_positions) - 1, flat.shape[1])
         if n_components < 1:
-            raise SeqvitError(f"the training split (config key splits.train) holds {len(train_positions)} times; the linear baseline needs at least 2")
+            raise SeqvitError(
+                f"the training split (config key splits.train) holds {len(train_positions)} times; the linear baseline needs at least 2"
+            )
         self.pca = PCA(n_components=n_components, svd_solver="randomized", iterated_power=4, random_state=self.seed)
         self.pca.fit(flat[train_positions])
         self.scores = self.pca.transform(flat).astype(np.float64)
@@ -195,7 +199,9 @@ class LinearTendency:
         train_init, train_valid = self._pairs(train_mask, lead)
         val_init, val_valid = self._pairs(val_mask, lead)
         if len(train_init) < 2:
-            raise SeqvitError(f"lead {lead} h: fewer than 2 training pairs in the years of splits.train; add training years")
+            raise SeqvitError(
+                f"lead {lead} h: fewer than 2 training pairs in the years of splits.train; add training years"
+            )
         y_train = self._tendency(train_init, train_valid)
         y_val = self._tendency(val_init, val_valid) if len(val_init) else None
         candidates = [k for k in self.pca_components if k < self.scores.shape[1]] + [self.scores.shape[1]]
@@ -222,7 +228,9 @@ class LinearTendency:
         return pred.reshape(len(init_positions), len(self.target_index), *self.state.shape[2:])
 
 
-def linear_forecast(fields: xr.DataArray, cfg: dict, mean, std, variables, inits, lead_hours, log=print) -> xr.DataArray:
+def linear_forecast(
+    fields: xr.DataArray, cfg: dict, mean, std, variables, inits, lead_hours, log=print
+) -> xr.DataArray:
     """Fit LinearTendency on the training years of `fields` and forecast from `inits`."""
     channels = [str(c) for c in fields["channel"].values]
     times = pd.DatetimeIndex(fields["time"].values)
@@ -251,7 +259,9 @@ def linear_forecast(fields: xr.DataArray, cfg: dict, mean, std, variables, inits
     per_lead = []
     for lead in lead_hours:
         choice = model.choices[int(lead)]
-        log(f"linear baseline, lead {lead} h: {choice['components']} components, relative alpha {choice['relative_alpha']:g}, val MSE (normalized) {choice['val_mse']}")
+        log(
+            f"linear baseline, lead {lead} h: {choice['components']} components, relative alpha {choice['relative_alpha']:g}, val MSE (normalized) {choice['val_mse']}"
+        )
         tendency = model.predict_tendency(init_positions, lead).astype(np.float32)
         per_lead.append(at_init + tendency * target_std)
     out = _stack_leads(per_lead, lead_hours, np.asarray(inits))
@@ -291,7 +301,9 @@ def run_baseline(cfg: dict, name: str, regridded_paths, stats_path, clim_path, o
     paths = [Path(p) for p in regridded_paths]
     missing = [str(p) for p in paths if not p.exists()]
     if not paths or missing:
-        raise SeqvitError(f"baseline {name}: regridded files missing: {missing or 'none given'}; run the regrid stage first")
+        raise SeqvitError(
+            f"baseline {name}: regridded files missing: {missing or 'none given'}; run the regrid stage first"
+        )
     for path in paths:
         lineage.check_netcdf(path, lineage.regridded(cfg), "regridded file")
     if name == "linear":
@@ -301,8 +313,11 @@ def run_baseline(cfg: dict, name: str, regridded_paths, stats_path, clim_path, o
     channels = channel_names(cfg) if name == "linear" else variables
     fields = open_channels(paths, channels)
     inits = evaluation_init_times(fields["time"].values, cfg, leads)
-    attrs = {"experiment": cfg.get("experiment", ""), "init_times": "test split, every lead verifiable",
-             lineage.ATTR: lineage.dumps(lineage.forecast(cfg))}
+    attrs = {
+        "experiment": cfg.get("experiment", ""),
+        "init_times": "test split, every lead verifiable",
+        lineage.ATTR: lineage.dumps(lineage.forecast(cfg)),
+    }
     if name == "persistence":
         forecast = persistence_forecast(fields, inits, leads)
     elif name == "climatology":
@@ -316,5 +331,7 @@ def run_baseline(cfg: dict, name: str, regridded_paths, stats_path, clim_path, o
             "target normalized tendency, fitted on splits.train, penalty chosen on splits.val"
         )
     out = write_predictions(forecast, out_nc, name, attrs)
-    print(f"baseline {name}: {len(inits)} init times x leads {leads} -> {out} ({wallclock.perf_counter() - started:.1f} s)")
+    print(
+        f"baseline {name}: {len(inits)} init times x leads {leads} -> {out} ({wallclock.perf_counter() - started:.1f} s)"
+    )
     return out

@@ -17,9 +17,25 @@ from seqvit.data.grids import lat_bounds, lon_bounds
 from seqvit.errors import SeqvitError
 from seqvit.io import atomic_path
 
-_UNITS = {"t2m": "K", "t": "K", "z": "m² s⁻²", "u": "m s⁻¹", "v": "m s⁻¹", "u10": "m s⁻¹", "v10": "m s⁻¹",
-          "q": "kg kg⁻¹", "msl": "Pa", "sp": "Pa"}
-_LONG_NAMES = {"t2m": "2 m temperature", "t": "temperature", "z": "geopotential", "u": "zonal wind", "v": "meridional wind"}
+_UNITS = {
+    "t2m": "K",
+    "t": "K",
+    "z": "m² s⁻²",
+    "u": "m s⁻¹",
+    "v": "m s⁻¹",
+    "u10": "m s⁻¹",
+    "v10": "m s⁻¹",
+    "q": "kg kg⁻¹",
+    "msl": "Pa",
+    "sp": "Pa",
+}
+_LONG_NAMES = {
+    "t2m": "2 m temperature",
+    "t": "temperature",
+    "z": "geopotential",
+    "u": "zonal wind",
+    "v": "meridional wind",
+}
 BASELINE_NAMES = ("climatology", "persistence", "linear")
 # Baselines in the sequence-length figure: the lead's colour, darkened or lightened, and a line
 # style of their own, so that two baselines with similar scores stay apart.
@@ -94,7 +110,7 @@ def rmse_vs_lead(metrics_df: pd.DataFrame, out_png, metric: str = "rmse") -> tup
         ax.set_xticks(sorted(rows["lead_hours"].unique()))
         ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
-    for ax in axes[len(variables):]:
+    for ax in axes[len(variables) :]:
         ax.set_visible(False)
     # One legend for all panels, below them, so it never hides a line.
     handles, labels = axes[0].get_legend_handles_labels()
@@ -176,10 +192,19 @@ def rmse_vs_seqlen(long: pd.DataFrame, change: pd.DataFrame, baselines: pd.DataF
                 notes.append(f"{lead} h: {pct:+.1f}%")
             ax.plot(line["seq_len"], line["rmse"], marker="o", linewidth=2.2, color=f"C{i}", label=f"ViT, {lead} h")
             for model, (style, amount) in SEQLEN_BASELINE_LINES.items():
-                b = baselines[(baselines["model"] == model) & (baselines["variable"] == variable) & (baselines["lead_hours"] == lead)]
+                b = baselines[
+                    (baselines["model"] == model)
+                    & (baselines["variable"] == variable)
+                    & (baselines["lead_hours"] == lead)
+                ]
                 if len(b):
-                    ax.axhline(float(b["rmse"].iloc[0]), color=shade(f"C{i}", amount), linestyle=style, linewidth=1.3,
-                               label=f"{model}, {lead} h")
+                    ax.axhline(
+                        float(b["rmse"].iloc[0]),
+                        color=shade(f"C{i}", amount),
+                        linestyle=style,
+                        linewidth=1.3,
+                        label=f"{model}, {lead} h",
+                    )
         units = channel_units(variable)
         ax.set_xscale("log", base=2)
         ax.set_xticks(lengths)
@@ -192,7 +217,7 @@ def rmse_vs_seqlen(long: pd.DataFrame, change: pd.DataFrame, baselines: pd.DataF
         ax.grid(alpha=0.3)
         if notes:  # in the title, where it hides no line
             ax.set_title(f"{channel_label(variable)}\nRMSE change shortest → longest: {', '.join(notes)}", fontsize=10)
-    for ax in axes[len(variables):]:
+    for ax in axes[len(variables) :]:
         ax.set_visible(False)
     # One legend for all panels, below them, so it never hides a line.
     handles, labels = axes[0].get_legend_handles_labels()
@@ -215,7 +240,9 @@ def loss_curves(runs: dict, out_png) -> tuple[Path, Path]:
         if "val_loss" in df.columns:
             val = df.dropna(subset=["val_loss"])
             if len(val):
-                ax.plot(val["step"], val["val_loss"], color=f"C{i}", linewidth=2.2, marker="o", label=f"{label} validation")
+                ax.plot(
+                    val["step"], val["val_loss"], color=f"C{i}", linewidth=2.2, marker="o", label=f"{label} validation"
+                )
     ax.set_yscale("log")
     ax.set_xlabel("step")
     ax.set_ylabel("loss (latitude-weighted MSE, normalized)")

@@ -123,7 +123,11 @@ def mean_rmse_per_time(mse_per_time, dim="time"):
 def summarize(forecast, truth, climatology, lat=None, dim="time") -> dict:
     """All scores for one forecast, reduced over `dim`: mse, rmse, rmse_mean_per_time, bias, acc, n_times."""
     mse_t = weighted_mse(forecast, truth, lat)
-    n_times = forecast.sizes[dim] if isinstance(forecast, xr.DataArray) else np.shape(forecast)[0 if isinstance(dim, str) else dim]
+    n_times = (
+        forecast.sizes[dim]
+        if isinstance(forecast, xr.DataArray)
+        else np.shape(forecast)[0 if isinstance(dim, str) else dim]
+    )
     return {
         "mse": time_mean(mse_t, dim),
         "rmse": rmse(mse_t, dim),

@@ -21,27 +21,44 @@ import xarray as xr
 
 from seqvit import lineage
 from seqvit.data.fields import open_channels
+from seqvit.data.stats import load_climatology
 from seqvit.errors import SeqvitError
 from seqvit.evaluate import figures, metrics
-from seqvit.data.stats import load_climatology
 from seqvit.evaluate.baselines import climatology_for
 from seqvit.evaluate.sequence_length import write_sequence_length
 from seqvit.io import atomic_path
 
-METRIC_COLUMNS = ["run", "model", "variable", "lead_hours", "rmse", "acc", "bias", "mse", "rmse_mean_per_time", "n_times"]
+METRIC_COLUMNS = [
+    "run",
+    "model",
+    "variable",
+    "lead_hours",
+    "rmse",
+    "acc",
+    "bias",
+    "mse",
+    "rmse_mean_per_time",
+    "n_times",
+]
 PREDICTION_DIMS = ("lead_hours", "time", "channel", "latitude", "longitude")
 
 
 def _open_prediction(name: str, path: Path) -> xr.DataArray:
     """The forecast variable of predictions/{name}.nc, lazily (data stay on disk)."""
     if not path.exists():
-        raise SeqvitError(f"{path}: prediction file of {name!r} not found; run the predict stage or baseline that writes it")
+        raise SeqvitError(
+            f"{path}: prediction file of {name!r} not found; run the predict stage or baseline that writes it"
+        )
     ds = xr.open_dataset(path)
     if "forecast" not in ds:
-        raise SeqvitError(f"{path}: no variable 'forecast' (has {sorted(ds.data_vars)}); rewrite it with the predict stage")
+        raise SeqvitError(
+            f"{path}: no variable 'forecast' (has {sorted(ds.data_vars)}); rewrite it with the predict stage"
+        )
     forecast = ds["forecast"]
     if tuple(forecast.dims) != PREDICTION_DIMS:
-        raise SeqvitError(f"{path}: forecast has dims {forecast.dims}; expected {PREDICTION_DIMS}; rewrite it with the current code")
+        raise SeqvitError(
+            f"{path}: forecast has dims {forecast.dims}; expected {PREDICTION_DIMS}; rewrite it with the current code"
+        )
     return forecast
 
 
@@ -50,12 +67,16 @@ def _check_same_cases(reference_path: Path, reference: xr.DataArray, path: Path,
     for coord in PREDICTION_DIMS:
         ref_values, values = reference[coord].values, forecast[coord].values
         same = ref_values.shape == values.shape and (
-            np.allclose(ref_values, values) if np.issubdtype(values.dtype, np.floating) else bool(np.all(ref_values == values))
+            np.allclose(ref_values, values)
+            if np.issubdtype(values.dtype, np.floating)
+            else bool(np.all(ref_values == values))
         )
         if not same:
+
             def show(v):
                 v = [str(x) for x in v]
                 return v if len(v) <= 6 else [*v[:3], "...", *v[-2:], f"({len(v)} values)"]
+
             raise SeqvitError(
                 f"{path}: coordinate {coord!r} differs from {reference_path} ({show(values)} vs {show(ref_values)}); "
                 "every prediction must cover the same init times, leads, channels and grid -- "
@@ -70,12 +91,18 @@ def _check_config(cfg: dict, path: Path, forecast: xr.DataArray) -> None:
     channels = [str(c) for c in forecast["channel"].values]
     leads = [int(h) for h in forecast["lead_hours"].values]
     if expected_channels and channels != expected_channels:
-        raise SeqvitError(f"{path}: channels {channels} but config key evaluate.variables is {expected_channels}; rerun the stage that wrote it")
+        raise SeqvitError(
+            f"{path}: channels {channels} but config key evaluate.variables is {expected_channels}; rerun the stage that wrote it"
+        )
     if expected_leads and leads != expected_leads:
-        raise SeqvitError(f"{path}: lead hours {leads} but config key evaluate.lead_hours is {expected_leads}; rerun the stage that wrote it")
+        raise SeqvitError(
+            f"{path}: lead hours {leads} but config key evaluate.lead_hours is {expected_leads}; rerun the stage that wrote it"
+        )
 
 
-def _truth_and_climatology(truth_all: xr.DataArray, clim: xr.DataArray, clim_path, channels, inits, lead) -> tuple[xr.DataArray, xr.DataArray]:
+def _truth_and_climatology(
+    truth_all: xr.DataArray, clim: xr.DataArray, clim_path, channels, inits, lead
+) -> tuple[xr.DataArray, xr.DataArray]:
     """Truth and climatology at the valid times of `lead`, labelled by init time."""
     valid = pd.DatetimeIndex(inits) + pd.Timedelta(hours=int(lead))
     have = pd.DatetimeIndex(truth_all["time"].values)
@@ -112,7 +139,9 @@ def _pick_map_model(names) -> tuple[str, str]:
     return (vit[0], "") if vit else (names[0], " (no ViT prediction given)")
 
 
-def evaluate(cfg: dict, prediction_paths: dict, regridded_paths, clim_path, out_dir, train_logs: dict | None = None) -> pd.DataFrame:
+def evaluate(
+    cfg: dict, prediction_paths: dict, regridded_paths, clim_path, out_dir, train_logs: dict | None = None
+) -> pd.DataFrame:
     """Score every prediction; write metrics.csv, rmse_table.csv, per_time.nc and the figures.
 
     train_logs: {label: path of a run's metrics.csv} for the loss-curve figure (None: no figure).
@@ -144,18 +173,26 @@ def evaluate(cfg: dict, prediction_paths: dict, regridded_paths, clim_path, out_
         regridded_paths = [Path(p) for p in regridded_paths]
         missing = [str(p) for p in regridded_paths if not p.exists()]
         if not regridded_paths or missing:
-            raise SeqvitError(f"evaluate: regridded files missing: {missing or 'none given'}; run the regrid stage first")
+            raise SeqvitError(
+                f"evaluate: regridded files missing: {missing or 'none given'}; run the regrid stage first"
+            )
         truth_all = open_channels(regridded_paths, channels)
         for coord in ("latitude", "longitude"):
-            if truth_all.sizes[coord] != reference.sizes[coord] or not np.allclose(truth_all[coord].values, reference[coord].values):
+            if truth_all.sizes[coord] != reference.sizes[coord] or not np.allclose(
+                truth_all[coord].values, reference[coord].values
+            ):
                 raise SeqvitError(
                     f"{paths[reference_name]}: {coord} grid differs from the regridded files; "
                     "predictions must be on the target grid (config key grid)"
                 )
         clim = load_climatology(clim_path)
         for coord in ("latitude", "longitude"):
-            if clim.sizes[coord] != reference.sizes[coord] or not np.allclose(clim[coord].values, reference[coord].values):
-                raise SeqvitError(f"{clim_path}: {coord} grid differs from the predictions; rerun `seqvit stats` on the target grid")
+            if clim.sizes[coord] != reference.sizes[coord] or not np.allclose(
+                clim[coord].values, reference[coord].values
+            ):
+                raise SeqvitError(
+                    f"{clim_path}: {coord} grid differs from the predictions; rerun `seqvit stats` on the target grid"
+                )
         # Identical labels from here on (files may differ in the last bits), so scores align exactly.
         on_grid = {"latitude": reference["latitude"].values, "longitude": reference["longitude"].values}
         truth_all = truth_all.assign_coords(on_grid)
@@ -201,7 +238,9 @@ def evaluate(cfg: dict, prediction_paths: dict, regridded_paths, clim_path, out_
 
     figures.rmse_vs_lead(table, out_dir / "rmse_vs_lead.png")
     _maps(cfg, paths, names, channels, leads, inits, per_lead, out_dir / "maps.png")
-    _, change = write_sequence_length(table, int(reference.sizes["latitude"]), int(reference.sizes["longitude"]), out_dir)
+    _, change = write_sequence_length(
+        table, int(reference.sizes["latitude"]), int(reference.sizes["longitude"]), out_dir
+    )
     if train_logs is not None:
         logs = {}
         for label, path in train_logs.items():
@@ -210,7 +249,9 @@ def evaluate(cfg: dict, prediction_paths: dict, regridded_paths, clim_path, out_
             logs[label] = pd.read_csv(path)
         figures.loss_curves(logs, out_dir / "loss_curves.png")
 
-    print(f"Headline RMSE (sqrt of time-mean latitude-weighted MSE), run {cfg['experiment']}, {len(inits)} test init times:")
+    print(
+        f"Headline RMSE (sqrt of time-mean latitude-weighted MSE), run {cfg['experiment']}, {len(inits)} test init times:"
+    )
     print(wide.to_string(float_format=lambda x: f"{x:.3f}"))
     if not change.empty:
         print("Sequence length (ViT headline RMSE; change_pct = shortest -> longest sequence):")
@@ -219,7 +260,9 @@ def evaluate(cfg: dict, prediction_paths: dict, regridded_paths, clim_path, out_
 
 
 def _write_per_time(per_time: dict, names, leads, path: Path, run: str) -> None:
-    by_model = [xr.concat([per_time[name, lead] for lead in leads], dim=pd.Index(leads, name="lead_hours")) for name in names]
+    by_model = [
+        xr.concat([per_time[name, lead] for lead in leads], dim=pd.Index(leads, name="lead_hours")) for name in names
+    ]
     ds = xr.concat(by_model, dim=pd.Index(names, name="model")).astype(np.float32)
     ds.attrs = {"run": run, "description": "per-time latitude-weighted scores; time is the init time"}
     with atomic_path(path) as tmp:
@@ -238,4 +281,6 @@ def _maps(cfg, paths, names, channels, leads, inits, per_lead, out_png: Path) ->
     case_rmse = float(np.sqrt(metrics.weighted_mse(forecast, truth)))
     init_text = pd.Timestamp(init).strftime("%Y-%m-%d %H:%M")
     title = f"{cfg['experiment']}: {model}{note}, {channel}, init {init_text} UTC, lead {lead} h, RMSE {case_rmse:.2f} {figures.channel_units(channel)}"
-    figures.maps_png(truth.drop_vars("time"), forecast.drop_vars(["lead_hours", "time"]), out_png, model=model, title=title)
+    figures.maps_png(
+        truth.drop_vars("time"), forecast.drop_vars(["lead_hours", "time"]), out_png, model=model, title=title
+    )

@@ -193,7 +193,7 @@ class ForecastViT(nn.Module):
         batch, channels, local_tokens, pixels = tokens.shape
         if channels != self.channels or pixels != self.patch_size**2:
             raise SeqvitError(
-                f"model expects tokens [batch, {self.channels}, tokens, {self.patch_size ** 2}], got {tuple(tokens.shape)}"
+                f"model expects tokens [batch, {self.channels}, tokens, {self.patch_size**2}], got {tuple(tokens.shape)}"
             )
         if token_offset < 0 or token_offset + local_tokens > self.num_tokens:
             raise SeqvitError(

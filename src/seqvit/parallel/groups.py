@@ -106,8 +106,14 @@ def launcher_env(environ=None) -> dict:
         local_rank = _env_int(env, "SLURM_LOCALID") if "SLURM_LOCALID" in env else 0
         local_world_var, local_world = _slurm_local_world(env, world)
     else:
-        return {"rank": 0, "world_size": 1, "local_rank": 0, "local_world_size": 1, "master_addr": None,
-                "master_port": None}  # fmt: skip
+        return {
+            "rank": 0,
+            "world_size": 1,
+            "local_rank": 0,
+            "local_world_size": 1,
+            "master_addr": None,
+            "master_port": None,
+        }
     if rank >= world:
         raise SeqvitError(
             f"{rank_var}={rank} is not below {world_var}={world}: the launcher's environment is inconsistent"
@@ -131,8 +137,14 @@ def launcher_env(environ=None) -> dict:
         port = 20000 + _env_int(env, "SLURM_JOB_ID") % 40000
     else:
         port = DEFAULT_PORT
-    return {"rank": rank, "world_size": world, "local_rank": local_rank, "local_world_size": local_world,
-            "master_addr": addr, "master_port": port}  # fmt: skip
+    return {
+        "rank": rank,
+        "world_size": world,
+        "local_rank": local_rank,
+        "local_world_size": local_world,
+        "master_addr": addr,
+        "master_port": port,
+    }
 
 
 def _env_int(env, name: str, minimum: int = 0, maximum: int | None = None) -> int:
@@ -187,8 +199,10 @@ def check_world(world_size: int, sp: int, local_world_size: int | None = None) -
     if local_world_size and local_world_size > 1 and sp > local_world_size:
         log.warning(
             "parallel.sp=%d spans nodes (%d processes per node): every attention layer then exchanges "
-            "activations over the network", sp, local_world_size,
-        )  # fmt: skip
+            "activations over the network",
+            sp,
+            local_world_size,
+        )
 
 
 def build_groups(sp: int, local_world_size: int | None = None) -> Layout:

@@ -34,7 +34,6 @@ import re
 import shutil
 import socket
 import subprocess
-import sys
 import urllib.parse
 from pathlib import Path
 
@@ -49,12 +48,29 @@ PROFILES = {
     "provenance": "https://w3id.org/ro/wfrun/provenance/0.5",
     "wroc": "https://w3id.org/workflowhub/workflow-ro-crate/1.0",
 }
-PACKAGES = ["seqvit", "snakemake", "torch", "numpy", "xarray", "pandas", "netCDF4", "zarr", "scipy", "scikit-learn",
-            "matplotlib", "cdsapi", "rocrate", "roc-validator", "deepspeed", "pyyaml"]
+PACKAGES = [
+    "seqvit",
+    "snakemake",
+    "torch",
+    "numpy",
+    "xarray",
+    "pandas",
+    "netCDF4",
+    "zarr",
+    "scipy",
+    "scikit-learn",
+    "matplotlib",
+    "cdsapi",
+    "rocrate",
+    "roc-validator",
+    "deepspeed",
+    "pyyaml",
+]
 ROOT = Path(__file__).resolve().parents[3]  # the repository (src/seqvit/provenance/crate.py)
 
 
 # ---------------------------------------------------------------- secrets
+
 
 def known_secrets() -> list[str]:
     """The CDS key(s) this process could see, to make sure none is ever written."""
@@ -79,6 +95,7 @@ def check_no_secret(text: str, where: str, secrets: list[str]) -> None:
 
 
 # ---------------------------------------------------------------- environment
+
 
 def sha256_path(path: Path) -> tuple[str, int]:
     """sha256 and size of a file; of a directory, the sha256 over its files' relative paths and sha256."""
@@ -199,6 +216,7 @@ def environment(record_hosts: bool = False) -> dict:
 
 # ---------------------------------------------------------------- Snakemake job records
 
+
 def _decode_key(metadata_dir: Path, path: Path) -> str:
     parts = path.relative_to(metadata_dir).parts
     b64 = "".join(p[1:] if p.startswith("@") else p for p in parts)
@@ -245,11 +263,17 @@ def benchmark_for(job: dict, workdir: Path) -> dict | None:
     for log in job.get("log") or []:
         if "/logs/" not in log and not log.startswith("logs/"):
             continue
-        bench = Path(workdir) / (log.replace("/logs/", "/benchmarks/", 1) if "/logs/" in log else "benchmarks/" + log[5:])
+        bench = Path(workdir) / (
+            log.replace("/logs/", "/benchmarks/", 1) if "/logs/" in log else "benchmarks/" + log[5:]
+        )
         bench = bench.with_suffix(".tsv")
         if bench.exists():
             row = pd.read_csv(bench, sep="\t").iloc[-1].to_dict()
-            return {k: (None if pd.isna(v) else v) for k, v in row.items() if k in ("s", "max_rss", "max_vms", "cpu_time", "mean_load")}
+            return {
+                k: (None if pd.isna(v) else v)
+                for k, v in row.items()
+                if k in ("s", "max_rss", "max_vms", "cpu_time", "mean_load")
+            }
     return None
 
 
@@ -259,8 +283,16 @@ def _iso(ts) -> str | None:
 
 # ---------------------------------------------------------------- the crate
 
-def build_provenance(cfg: dict, layout, config_paths: list[Path], snakemake_dir: Path, validate: bool = True,
-                     workdir: Path | None = None, record_hosts: bool = False) -> Path:
+
+def build_provenance(
+    cfg: dict,
+    layout,
+    config_paths: list[Path],
+    snakemake_dir: Path,
+    validate: bool = True,
+    workdir: Path | None = None,
+    record_hosts: bool = False,
+) -> Path:
     """Write <results>/provenance/{ro-crate-metadata.json, methods.md, tables/*.tex, ...}; return the folder.
 
     record_hosts: also record the host name of this machine and of each local job (off by default:
@@ -283,7 +315,10 @@ def build_provenance(cfg: dict, layout, config_paths: list[Path], snakemake_dir:
         tmp.mkdir()
         (tmp / "tables").mkdir()
         written_tables = tables.write_tables(
-            layout.eval_dir, tmp / "tables", cfg["splits"]["test"], n_times=_n_times(layout.eval_dir),
+            layout.eval_dir,
+            tmp / "tables",
+            cfg["splits"]["test"],
+            n_times=_n_times(layout.eval_dir),
             climatology_years=climatology_years(cfg),
         )
         training = methods.training_record(cfg, layout, jobs, workdir)
@@ -363,8 +398,17 @@ def _crate(cfg, layout, config_paths, jobs, env, written_tables, crate_dir: Path
     root["datePublished"] = env["recorded"]
     root["license"] = "https://spdx.org/licenses/MIT"
     for key in ("process", "workflow", "provenance", "wroc"):
-        profile = crate.add(ContextEntity(crate, PROFILES[key], properties={
-            "@type": "CreativeWork", "name": f"{key} profile", "version": PROFILES[key].rsplit("/", 1)[-1]}))
+        profile = crate.add(
+            ContextEntity(
+                crate,
+                PROFILES[key],
+                properties={
+                    "@type": "CreativeWork",
+                    "name": f"{key} profile",
+                    "version": PROFILES[key].rsplit("/", 1)[-1],
+                },
+            )
+        )
         root.append_to("conformsTo", profile)
 
     files: dict[str, object] = {}
@@ -381,42 +425,84 @@ def _crate(cfg, layout, config_paths, jobs, env, written_tables, crate_dir: Path
             props.update(sha256=digest, contentSize=str(size))
             props["dateModified"] = _iso(abs_path.stat().st_mtime)
             if abs_path.is_dir():
-                props["description"] = "folder; sha256 over its files' relative paths and sha256 (seqvit.provenance.crate.sha256_path)"
+                props["description"] = (
+                    "folder; sha256 over its files' relative paths and sha256 (seqvit.provenance.crate.sha256_path)"
+                )
         entity = (crate.add_dataset if abs_path.is_dir() else crate.add_file)(
-            dest_path=rel + ("/" if abs_path.is_dir() else ""), properties=props)
+            dest_path=rel + ("/" if abs_path.is_dir() else ""), properties=props
+        )
         files[rel] = entity
         return entity
 
     # the workflow definition, copied into the crate (workflow/): Snakefile, rules, schema, captions
     snakefile = ROOT / "Snakefile"
-    wf_files = [snakefile] + sorted((ROOT / "workflow").rglob("*.smk")) + sorted((ROOT / "workflow").rglob("*.yaml")) \
+    wf_files = (
+        [snakefile]
+        + sorted((ROOT / "workflow").rglob("*.smk"))
+        + sorted((ROOT / "workflow").rglob("*.yaml"))
         + sorted((ROOT / "workflow").rglob("*.rst"))
+    )
     for src in wf_files:
         dest = crate_dir / "workflow" / src.relative_to(ROOT if src == snakefile else ROOT / "workflow")
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src, dest)
-    wf = crate.add_workflow(dest_path="workflow/Snakefile", main=True, lang="snakemake",
-                            lang_version=env["packages"].get("snakemake"),
-                            properties={"name": "seqvit Snakefile", "sha256": sha256_path(snakefile)[0],
-                                        "@type": ["File", "SoftwareSourceCode", "ComputationalWorkflow", "HowTo"]})
+    wf = crate.add_workflow(
+        dest_path="workflow/Snakefile",
+        main=True,
+        lang="snakemake",
+        lang_version=env["packages"].get("snakemake"),
+        properties={
+            "name": "seqvit Snakefile",
+            "sha256": sha256_path(snakefile)[0],
+            "@type": ["File", "SoftwareSourceCode", "ComputationalWorkflow", "HowTo"],
+        },
+    )
     for src in wf_files[1:]:
         rel = src.relative_to(ROOT / "workflow").as_posix()
         # Included by the Snakefile; the workflow's hasPart lists only the tools its actions ran (the rules).
         crate.add_file(dest_path=f"workflow/{rel}", properties={"name": rel, "sha256": sha256_path(src)[0]})
-    engine = crate.add(SoftwareApplication(crate, "https://snakemake.github.io", properties={
-        "name": "Snakemake", "version": env["packages"].get("snakemake", "")}))
+    engine = crate.add(
+        SoftwareApplication(
+            crate,
+            "https://snakemake.github.io",
+            properties={"name": "Snakemake", "version": env["packages"].get("snakemake", "")},
+        )
+    )
     for name, version in env["packages"].items():
-        app = crate.add(ContextEntity(crate, f"#software-{name}", properties={
-            "@type": "SoftwareApplication", "name": name, "version": version}))
+        app = crate.add(
+            ContextEntity(
+                crate,
+                f"#software-{name}",
+                properties={"@type": "SoftwareApplication", "name": name, "version": version},
+            )
+        )
         wf.append_to("softwareRequirements", app)
 
     steps, tools = {}, {}
     for position, rule in enumerate(dict.fromkeys(j.get("rule") or "unknown" for j in jobs)):
-        tool = crate.add(ContextEntity(crate, f"#rule-{rule}", properties={
-            "@type": "SoftwareApplication", "name": f"rule {rule}",
-            "description": f"Snakemake rule {rule} (calls `seqvit`)"}))
-        step = crate.add(ContextEntity(crate, f"#step-{rule}", properties={
-            "@type": "HowToStep", "name": rule, "position": str(position), "workExample": {"@id": tool.id}}))
+        tool = crate.add(
+            ContextEntity(
+                crate,
+                f"#rule-{rule}",
+                properties={
+                    "@type": "SoftwareApplication",
+                    "name": f"rule {rule}",
+                    "description": f"Snakemake rule {rule} (calls `seqvit`)",
+                },
+            )
+        )
+        step = crate.add(
+            ContextEntity(
+                crate,
+                f"#step-{rule}",
+                properties={
+                    "@type": "HowToStep",
+                    "name": rule,
+                    "position": str(position),
+                    "workExample": {"@id": tool.id},
+                },
+            )
+        )
         wf.append_to("step", step)
         wf.append_to("hasPart", tool)
         steps[rule], tools[rule] = step, tool
@@ -424,24 +510,54 @@ def _crate(cfg, layout, config_paths, jobs, env, written_tables, crate_dir: Path
     # config and the bundle's own files
     configs = []
     for path in config_paths:
-        entity = crate.add_file(dest_path=_rel(path, final_dir), properties={
-            "name": f"config {Path(path).name}", "encodingFormat": "application/yaml",
-            **(dict(zip(("sha256", "contentSize"), map(str, sha256_path(path)))) if Path(path).exists() else {})})
+        entity = crate.add_file(
+            dest_path=_rel(path, final_dir),
+            properties={
+                "name": f"config {Path(path).name}",
+                "encodingFormat": "application/yaml",
+                **(dict(zip(("sha256", "contentSize"), map(str, sha256_path(path)))) if Path(path).exists() else {}),
+            },
+        )
         configs.append(entity)
     own = {}
     for name, desc, fmt in [
-        ("config.resolved.yaml", "the configuration as the run used it (all files and overrides merged)", "application/yaml"),
-        ("environment.json", "Python and package versions, hardware of the machine that ran seqvit provenance, "
-                             "git commit and dirty state", "application/json"),
-        ("cds_requests.json", "the CDS requests (download manifests with request ids and sha256), or a note that none was sent", "application/json"),
+        (
+            "config.resolved.yaml",
+            "the configuration as the run used it (all files and overrides merged)",
+            "application/yaml",
+        ),
+        (
+            "environment.json",
+            "Python and package versions, hardware of the machine that ran seqvit provenance, "
+            "git commit and dirty state",
+            "application/json",
+        ),
+        (
+            "cds_requests.json",
+            "the CDS requests (download manifests with request ids and sha256), or a note that none was sent",
+            "application/json",
+        ),
         ("methods.md", "editable methods paragraph with citations", "text/markdown"),
     ]:
-        own[name] = crate.add_file(dest_path=name, properties={
-            "name": name, "description": desc, "encodingFormat": fmt, "sha256": sha256_path(crate_dir / name)[0]})
+        own[name] = crate.add_file(
+            dest_path=name,
+            properties={
+                "name": name,
+                "description": desc,
+                "encodingFormat": fmt,
+                "sha256": sha256_path(crate_dir / name)[0],
+            },
+        )
     for path in written_tables:
-        crate.add_file(dest_path=f"tables/{path.name}", properties={
-            "name": path.name, "description": "LaTeX booktabs table of the results", "encodingFormat": "application/x-tex",
-            "sha256": sha256_path(path)[0]})
+        crate.add_file(
+            dest_path=f"tables/{path.name}",
+            properties={
+                "name": path.name,
+                "description": "LaTeX booktabs table of the results",
+                "encodingFormat": "application/x-tex",
+                "sha256": sha256_path(path)[0],
+            },
+        )
 
     # one CreateAction (+ ControlAction) per job
     host = env["hardware"].get("host")  # None unless record_hosts
@@ -453,9 +569,19 @@ def _crate(cfg, layout, config_paths, jobs, env, written_tables, crate_dir: Path
         all_outputs.extend(outputs)
         params = []
         for k, value in enumerate(job.get("params") or []):
-            params.append(crate.add(ContextEntity(crate, f"#job-{i}-param-{k}", properties={
-                "@type": "PropertyValue", "name": f"{rule} param {k}",
-                "value": value if isinstance(value, str) else json.dumps(value, sort_keys=True)})))
+            params.append(
+                crate.add(
+                    ContextEntity(
+                        crate,
+                        f"#job-{i}-param-{k}",
+                        properties={
+                            "@type": "PropertyValue",
+                            "name": f"{rule} param {k}",
+                            "value": value if isinstance(value, str) else json.dumps(value, sort_keys=True),
+                        },
+                    )
+                )
+            )
         slurm = job.get("external_jobid")
         bench = benchmark_for(job, workdir)
         extra = {
@@ -470,8 +596,13 @@ def _crate(cfg, layout, config_paths, jobs, env, written_tables, crate_dir: Path
         for k, v in extra.items():
             if v is None:
                 continue
-            params.append(crate.add(ContextEntity(crate, f"#job-{i}-{k}", properties={
-                "@type": "PropertyValue", "name": k, "value": str(v)})))
+            params.append(
+                crate.add(
+                    ContextEntity(
+                        crate, f"#job-{i}-{k}", properties={"@type": "PropertyValue", "name": k, "value": str(v)}
+                    )
+                )
+            )
         props = {
             "name": f"{rule} job {i}: {', '.join(Path(o).name for o in job['output'][:3])}{' ...' if len(job['output']) > 3 else ''}",
             "startTime": _iso(job.get("starttime")),
@@ -480,37 +611,84 @@ def _crate(cfg, layout, config_paths, jobs, env, written_tables, crate_dir: Path
         }
         if job.get("shellcmd"):
             props["description"] = job["shellcmd"]
-        action = crate.add_action(tools[rule], identifier=f"#job-{i}", object=inputs + params[: len(job.get("params") or [])],
-                                  result=outputs, properties={k: v for k, v in props.items() if v})
-        extra_props = params[len(job.get("params") or []):]
+        action = crate.add_action(
+            tools[rule],
+            identifier=f"#job-{i}",
+            object=inputs + params[: len(job.get("params") or [])],
+            result=outputs,
+            properties={k: v for k, v in props.items() if v},
+        )
+        extra_props = params[len(job.get("params") or []) :]
         if extra_props:
             action["additionalProperty"] = extra_props
         actions.append(action)
-        controls.append(crate.add(ContextEntity(crate, f"#control-{i}", properties={
-            "@type": "ControlAction", "name": f"orchestrate {rule} job {i}",
-            "instrument": {"@id": steps[rule].id}, "object": {"@id": action.id}})))
+        controls.append(
+            crate.add(
+                ContextEntity(
+                    crate,
+                    f"#control-{i}",
+                    properties={
+                        "@type": "ControlAction",
+                        "name": f"orchestrate {rule} job {i}",
+                        "instrument": {"@id": steps[rule].id},
+                        "object": {"@id": action.id},
+                    },
+                )
+            )
+        )
 
     starts = [j["starttime"] for j in jobs if j.get("starttime")]
     ends = [j["endtime"] for j in jobs if j.get("endtime")]
     hw = env["hardware"]
-    hw_props = [crate.add(ContextEntity(crate, f"#hardware-{k}", properties={"@type": "PropertyValue", "name": k, "value": str(v)}))
-                for k, v in hw.items() if v is not None]
+    hw_props = [
+        crate.add(
+            ContextEntity(crate, f"#hardware-{k}", properties={"@type": "PropertyValue", "name": k, "value": str(v)})
+        )
+        for k, v in hw.items()
+        if v is not None
+    ]
     git = env["git"]
-    git_props = [crate.add(ContextEntity(crate, f"#git-{k}", properties={"@type": "PropertyValue", "name": f"git {k}", "value": str(v)}))
-                 for k, v in (("commit", git.get("commit")), ("dirty", git.get("dirty")), ("remote", git.get("remote"))) if v is not None]
-    run = crate.add_action(wf, identifier="#run", object=configs + [own["config.resolved.yaml"]],
-                           result=_final_outputs(files, final_dir, layout, workdir),
-                           properties={"name": f"seqvit run of {cfg.get('experiment', '')} ({len(jobs)} jobs)",
-                                       "startTime": _iso(min(starts)) if starts else env["recorded"],
-                                       "endTime": _iso(max(ends)) if ends else env["recorded"]})
+    git_props = [
+        crate.add(
+            ContextEntity(
+                crate, f"#git-{k}", properties={"@type": "PropertyValue", "name": f"git {k}", "value": str(v)}
+            )
+        )
+        for k, v in (("commit", git.get("commit")), ("dirty", git.get("dirty")), ("remote", git.get("remote")))
+        if v is not None
+    ]
+    run = crate.add_action(
+        wf,
+        identifier="#run",
+        object=configs + [own["config.resolved.yaml"]],
+        result=_final_outputs(files, final_dir, layout, workdir),
+        properties={
+            "name": f"seqvit run of {cfg.get('experiment', '')} ({len(jobs)} jobs)",
+            "startTime": _iso(min(starts)) if starts else env["recorded"],
+            "endTime": _iso(max(ends)) if ends else env["recorded"],
+        },
+    )
     run["additionalProperty"] = hw_props + git_props
-    run["description"] = (f"machine that built this crate (not necessarily one that ran the jobs): {hw['cpu']} "
-                          f"x{hw['cpu_count']}, {hw.get('memory_gb')} GB, GPUs: {hw.get('gpus') or 'none'}; "
-                          f"git {git.get('commit')} dirty={git.get('dirty')}")
-    crate.add(ContextEntity(crate, "#organize", properties={
-        "@type": "OrganizeAction", "name": "Snakemake run", "instrument": {"@id": engine.id},
-        "object": [{"@id": c.id} for c in controls], "result": {"@id": run.id},
-        "startTime": run.get("startTime"), "endTime": run.get("endTime")}))
+    run["description"] = (
+        f"machine that built this crate (not necessarily one that ran the jobs): {hw['cpu']} "
+        f"x{hw['cpu_count']}, {hw.get('memory_gb')} GB, GPUs: {hw.get('gpus') or 'none'}; "
+        f"git {git.get('commit')} dirty={git.get('dirty')}"
+    )
+    crate.add(
+        ContextEntity(
+            crate,
+            "#organize",
+            properties={
+                "@type": "OrganizeAction",
+                "name": "Snakemake run",
+                "instrument": {"@id": engine.id},
+                "object": [{"@id": c.id} for c in controls],
+                "result": {"@id": run.id},
+                "startTime": run.get("startTime"),
+                "endTime": run.get("endTime"),
+            },
+        )
+    )
     root["mentions"] = [{"@id": run.id}]
     return crate
 
@@ -522,6 +700,7 @@ def _final_outputs(files: dict, final_dir: Path, layout, workdir: Path) -> list:
 
 
 # ---------------------------------------------------------------- validation
+
 
 def validate_crate(crate_dir: Path, profile: str = "provenance-run-crate") -> dict:
     """Run the RO-Crate validator (roc-validator) where installed; ok None when it is not or cannot run.
@@ -545,22 +724,35 @@ def validate_crate(crate_dir: Path, profile: str = "provenance-run-crate") -> di
         # The 1.3 context defines the terms of 1.1 with the same IRIs except the Bioschemas ones,
         # which 1.1 writes without /terms/ (https://bioschemas.org/ComputationalWorkflow).
         context = {
-            term: (iri.replace("https://bioschemas.org/terms/", "https://bioschemas.org/", 1) if isinstance(iri, str) else iri)
+            term: (
+                iri.replace("https://bioschemas.org/terms/", "https://bioschemas.org/", 1)
+                if isinstance(iri, str)
+                else iri
+            )
             for term, iri in shipped["@context"].items()
         }
         if meta["@context"] == "https://w3id.org/ro/crate/1.3/context":
             context = shipped["@context"]
         meta["@context"] = context
-        inlined = (f", context inlined (offline) from {shipped.get('@id')} as shipped by rocrate {im.version('rocrate')}"
-                   f"{'' if context is shipped['@context'] else ', Bioschemas terms with their RO-Crate 1.1 IRIs'}")
+        inlined = (
+            f", context inlined (offline) from {shipped.get('@id')} as shipped by rocrate {im.version('rocrate')}"
+            f"{'' if context is shipped['@context'] else ', Bioschemas terms with their RO-Crate 1.1 IRIs'}"
+        )
     try:
-        settings = ValidationSettings(rocrate_uri=str(Path(crate_dir).resolve()), profile_identifier=profile,
-                                      requirement_severity=Severity.REQUIRED, metadata_dict=meta, metadata_only=True)
+        settings = ValidationSettings(
+            rocrate_uri=str(Path(crate_dir).resolve()),
+            profile_identifier=profile,
+            requirement_severity=Severity.REQUIRED,
+            metadata_dict=meta,
+            metadata_only=True,
+        )
         result = services.validate(settings)
     except Exception as exc:  # the validator itself failed (offline profile fetch, ...): say so, do not hide it
         return {"ok": None, "text": f"roc-validator could not run: {type(exc).__name__}: {exc}\n"}
     issues = list(result.get_issues())
-    lines = [f"roc-validator {im.version('roc-validator')}, profile {profile}, severity REQUIRED{inlined}: "
-             f"{'valid' if result.passed() else 'INVALID'}"]
+    lines = [
+        f"roc-validator {im.version('roc-validator')}, profile {profile}, severity REQUIRED{inlined}: "
+        f"{'valid' if result.passed() else 'INVALID'}"
+    ]
     lines += [f"- {getattr(i, 'severity', '')} {getattr(i, 'message', i)}" for i in issues]
     return {"ok": bool(result.passed()), "text": "\n".join(lines) + "\n"}

@@ -17,28 +17,28 @@ from seqvit.data.stats import climatology_years
 
 REFERENCES = {
     "tsaris2024": "Tsaris, A. et al. (2024). Sequence Length Scaling in Vision Transformers for Scientific Images on "
-                  "Frontier. arXiv:2405.15780.",
+    "Frontier. arXiv:2405.15780.",
     "hersbach2020": "Hersbach, H. et al. (2020). The ERA5 global reanalysis. Q. J. R. Meteorol. Soc. 146, 1999-2049. "
-                    "doi:10.1002/qj.3803.",
+    "doi:10.1002/qj.3803.",
     "rasp2024": "Rasp, S. et al. (2024). WeatherBench 2: A benchmark for the next generation of data-driven global "
-                "weather models. J. Adv. Model. Earth Syst. 16, e2023MS004019. doi:10.1029/2023MS004019.",
+    "weather models. J. Adv. Model. Earth Syst. 16, e2023MS004019. doi:10.1029/2023MS004019.",
     "nguyen2023": "Nguyen, T. et al. (2023). ClimaX: A foundation model for weather and climate. ICML 2023. "
-                  "arXiv:2301.10343.",
+    "arXiv:2301.10343.",
     "dosovitskiy2021": "Dosovitskiy, A. et al. (2021). An image is worth 16x16 words: Transformers for image "
-                       "recognition at scale. ICLR 2021. arXiv:2010.11929.",
+    "recognition at scale. ICLR 2021. arXiv:2010.11929.",
     "jacobs2023": "Jacobs, S. A. et al. (2023). DeepSpeed Ulysses: System optimizations for enabling training of "
-                  "extreme long sequence Transformer models. arXiv:2309.14509.",
+    "extreme long sequence Transformer models. arXiv:2309.14509.",
     "molder2021": "Mölder, F. et al. (2021). Sustainable data analysis with Snakemake. F1000Research 10:33. "
-                  "doi:10.12688/f1000research.29032.2.",
+    "doi:10.12688/f1000research.29032.2.",
     "soilandreyes2022": "Soiland-Reyes, S. et al. (2022). Packaging research artefacts with RO-Crate. Data Science 5, "
-                        "97-138. doi:10.3233/DS-210053.",
+    "97-138. doi:10.3233/DS-210053.",
     "leo2024": "Leo, S. et al. (2024). Recording provenance of workflow runs with RO-Crate. PLOS ONE 19, e0309210. "
-               "doi:10.1371/journal.pone.0309210.",
+    "doi:10.1371/journal.pone.0309210.",
 }
 
 _SOURCES = {
     "synthetic": "an embedded ERA5-like synthetic source written in the layout the Copernicus Climate Data Store "
-                 "delivers (a stand-in for ERA5 [hersbach2020] in the demonstration; not real observations)",
+    "delivers (a stand-in for ERA5 [hersbach2020] in the demonstration; not real observations)",
     "cds": "ERA5 [hersbach2020] downloaded from the Copernicus Climate Data Store",
     "weatherbench2": "ERA5 [hersbach2020] from the WeatherBench 2 stores [rasp2024]",
     "local": "ERA5 [hersbach2020] files from a local archive",
@@ -54,11 +54,11 @@ def _years(years) -> str:
 
 _SP_METHODS = {
     "ulysses": "DeepSpeed-Ulysses sequence parallelism [jacobs2023] (our implementation: one all-to-all of queries, "
-               "keys and values, so that each rank attends over the whole sequence for its share of the heads)",
+    "keys and values, so that each rank attends over the whole sequence for its share of the heads)",
     "deepspeed-ulysses": "DeepSpeed's DistributedAttention (DeepSpeed-Ulysses [jacobs2023]: all-to-all of queries, "
-                         "keys and values over the heads)",
+    "keys and values over the heads)",
     "lss": "Long-Sequence-Segmentation (LSS) [tsaris2024]: each rank keeps its segment of queries and gathers the "
-           "keys and values of the whole group",
+    "keys and values of the whole group",
 }
 BASELINES = ("climatology", "persistence", "linear")
 _BASELINE_TEXT = {
@@ -91,8 +91,11 @@ def _parallelism(cfg: dict) -> str:
     if all(sp == 1 for sp, _ in layouts.values()):
         if all(dp == 1 for _, dp in layouts.values()):
             return "Training ran without sequence parallelism (one process per run). "
-        return ("Training ran without sequence parallelism; the batch was split over data-parallel replicas: "
-                + "; ".join(f"p = {p}: {dp} replica{'s' if dp != 1 else ''}" for p, (_, dp) in layouts.items()) + ". ")
+        return (
+            "Training ran without sequence parallelism; the batch was split over data-parallel replicas: "
+            + "; ".join(f"p = {p}: {dp} replica{'s' if dp != 1 else ''}" for p, (_, dp) in layouts.items())
+            + ". "
+        )
 
     def one(p, sp, dp):
         replicas = f"{dp} data-parallel replica{'s' if dp != 1 else ''} ({sp * dp} processes)"
@@ -103,7 +106,8 @@ def _parallelism(cfg: dict) -> str:
         "Where SP > 1, each sample's token sequence was split into SP contiguous segments (latitude stripes), one "
         f"per rank of a sequence-parallel group, with {_SP_METHODS.get(method, method)}; within a group only "
         "attention communicates. Per run (config `parallel`): "
-        + "; ".join(one(p, sp, dp) for p, (sp, dp) in layouts.items()) + ". "
+        + "; ".join(one(p, sp, dp) for p, (sp, dp) in layouts.items())
+        + ". "
     )
 
 
@@ -202,8 +206,10 @@ def _hardware(training: dict | None, env: dict) -> str:
         + (f", {hw['gpus']}" if hw.get("gpus") else ", no GPU")
         + f") on {hw.get('os', 'an unrecorded OS')}"
     )
-    built = (f"This report was built by `seqvit provenance` on {here}; that is the machine that built the report, "
-             "not necessarily one that trained.")
+    built = (
+        f"This report was built by `seqvit provenance` on {here}; that is the machine that built the report, "
+        "not necessarily one that trained."
+    )
     runs = []
     for p, rec in (training or {}).items():
         parts = []
@@ -244,20 +250,24 @@ def methods_text(cfg: dict, env: dict, eval_dir, n_jobs: int | None = None, trai
     baselines = list(evaluate.get("baselines", BASELINES))
     train_years, clim_years = [int(y) for y in splits["train"]], climatology_years(cfg)
     if sorted(clim_years) == sorted(train_years):
-        stats_text = ("normalization statistics and the day-of-year and hour climatology come from the training "
-                      "years only.")
+        stats_text = (
+            "normalization statistics and the day-of-year and hour climatology come from the training years only."
+        )
     else:
-        stats_text = (f"normalization statistics come from the training years only, the day-of-year and hour "
-                      f"climatology from the years {_years(clim_years)} (config `stats.climatology_years`; no "
-                      "validation or test year).")
+        stats_text = (
+            f"normalization statistics come from the training years only, the day-of-year and hour "
+            f"climatology from the years {_years(clim_years)} (config `stats.climatology_years`; no "
+            "validation or test year)."
+        )
     extrapolated = sorted({int(h) for h in evaluate.get("lead_hours", [])} - {int(h) for h in train["lead_hours"]})
     extrapolation_text = ""
     if evaluate.get("extrapolate_leads"):
         extrapolation_text = (
             f" Forecasts at {_list(f'{h} h' for h in extrapolated)}, lead times the model was not trained on, were made "
             "by extrapolating its lead-time embedding beyond the trained lead times (config "
-            "`evaluate.extrapolate_leads`)." if extrapolated else
-            " Extrapolation of the lead-time embedding was allowed (`evaluate.extrapolate_leads`), but every scored "
+            "`evaluate.extrapolate_leads`)."
+            if extrapolated
+            else " Extrapolation of the lead-time embedding was allowed (`evaluate.extrapolate_leads`), but every scored "
             "lead time was a trained one."
         )
     if baselines:
@@ -270,17 +280,19 @@ def methods_text(cfg: dict, env: dict, eval_dir, n_jobs: int | None = None, trai
     if change_path.exists():
         change = pd.read_csv(change_path)
         cols = [c for c in change.columns if c.startswith("rmse_L")]
-        lengths = [c[len("rmse_L"):].split("_p")[0] for c in cols]
+        lengths = [c[len("rmse_L") :].split("_p")[0] for c in cols]
         if lengths:
             seqlen_text = f" The sequence lengths are {', '.join(lengths)} tokens per sample."
         parts = [
             f"{r['variable']} at {int(r['lead_hours'])} h {float(r['change_pct']):+.1f}%"
-            for _, r in change.iterrows() if not pd.isna(r["change_pct"])
+            for _, r in change.iterrows()
+            if not pd.isna(r["change_pct"])
         ]
         if parts:
             results_text += (
                 " From the shortest to the longest sequence the headline RMSE of the ViT changed by "
-                + "; ".join(parts) + " (tables/sequence_length.tex; [tsaris2024] report about 20% on ERA5)."
+                + "; ".join(parts)
+                + " (tables/sequence_length.tex; [tsaris2024] report about 20% on ERA5)."
             )
     if metrics_path.exists():
         m = pd.read_csv(metrics_path)
@@ -314,11 +326,15 @@ def methods_text(cfg: dict, env: dict, eval_dir, n_jobs: int | None = None, trai
         "of the mean MSE (headline) and as the mean of per-time RMSE, the uncentred anomaly correlation against the "
         f"climatology, and the bias.{against}{extrapolation_text}{results_text}",
         "",
-        f"**Software and provenance.** The workflow ran with Snakemake [molder2021]"
+        "**Software and provenance.** The workflow ran with Snakemake [molder2021]"
         + (f" ({n_jobs} jobs)" if n_jobs else "")
         + f" using {_versions(env)}, Python {env.get('python', '?')}"
-        + (f", code at git commit {env['git']['commit'][:12]}" + (" with uncommitted changes" if env["git"].get("dirty") else "")
-           if env.get("git", {}).get("commit") else "")
+        + (
+            f", code at git commit {env['git']['commit'][:12]}"
+            + (" with uncommitted changes" if env["git"].get("dirty") else "")
+            if env.get("git", {}).get("commit")
+            else ""
+        )
         + ". Its provenance is recorded as a Workflow Run RO-Crate [soilandreyes2022; leo2024] "
         "(`ro-crate-metadata.json` beside this file).",
         "",

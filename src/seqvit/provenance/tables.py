@@ -13,8 +13,18 @@ import pandas as pd
 
 from seqvit.io import atomic_path
 
-_UNITS = {"t2m": "K", "t": "K", "z": "m$^2$\\,s$^{-2}$", "u": "m\\,s$^{-1}$", "v": "m\\,s$^{-1}$", "u10": "m\\,s$^{-1}$",
-          "v10": "m\\,s$^{-1}$", "q": "kg\\,kg$^{-1}$", "msl": "Pa", "sp": "Pa"}
+_UNITS = {
+    "t2m": "K",
+    "t": "K",
+    "z": "m$^2$\\,s$^{-2}$",
+    "u": "m\\,s$^{-1}$",
+    "v": "m\\,s$^{-1}$",
+    "u10": "m\\,s$^{-1}$",
+    "v10": "m\\,s$^{-1}$",
+    "q": "kg\\,kg$^{-1}$",
+    "msl": "Pa",
+    "sp": "Pa",
+}
 
 
 def _escape(text) -> str:
@@ -77,7 +87,7 @@ def seqlen_table(change: pd.DataFrame, caption: str, label: str) -> str:
     rmse_cols = [c for c in change.columns if c.startswith("rmse_L")]
 
     def head(col: str) -> str:
-        n, p = col[len("rmse_L"):].split("_p")
+        n, p = col[len("rmse_L") :].split("_p")
         return f"$L={n}$ ($p={p}$)"
 
     header = ["Variable", "Lead"] + [head(c) for c in rmse_cols] + ["Change [\\%]"]
@@ -95,8 +105,11 @@ def units_text(variables) -> str:
     by_unit: dict[str, list[str]] = {}
     for v in dict.fromkeys(variables):
         by_unit.setdefault(_units(v) or "", []).append(_escape(v))
-    parts = [f"{' and '.join(vs) if len(vs) < 3 else ', '.join(vs[:-1]) + ' and ' + vs[-1]} in {unit}"
-             for unit, vs in by_unit.items() if unit]
+    parts = [
+        f"{' and '.join(vs) if len(vs) < 3 else ', '.join(vs[:-1]) + ' and ' + vs[-1]} in {unit}"
+        for unit, vs in by_unit.items()
+        if unit
+    ]
     return f" Units: {'; '.join(parts)}." if parts else ""
 
 
@@ -111,19 +124,37 @@ def write_tables(eval_dir, out_dir, test_years, n_times: int | None = None, clim
     years = ", ".join(str(y) for y in test_years)
     n = f" ({n_times} initialization times)" if n_times else ""
     unit_text = units_text(metrics_df["variable"])
-    clim = (f"the years {', '.join(str(y) for y in climatology_years)}" if climatology_years
-            else "the training years")
+    clim = f"the years {', '.join(str(y) for y in climatology_years)}" if climatology_years else "the training years"
     specs = {
-        "rmse.tex": ("rmse", f"Headline RMSE: square root of the mean latitude-weighted MSE over the test "
-                             f"initialization times of {years}{n}. Lower is better.{unit_text}", "tab:rmse", 2),
-        "rmse_mean_per_time.tex": ("rmse_mean_per_time", f"RMSE as the mean over the test initialization "
-                                   f"times of {years}{n} of the per-time latitude-weighted RMSE (the second "
-                                   f"reduction).{unit_text}", "tab:rmse-mean-per-time", 2),
-        "acc.tex": ("acc", f"Uncentred anomaly correlation coefficient against the day-of-year and hour climatology of "
-                           f"{clim}, mean over the test initialization times of {years}. Higher is better.",
-                    "tab:acc", 3),
-        "bias.tex": ("bias", f"Latitude-weighted mean error (forecast minus truth), mean over the test "
-                             f"initialization times of {years}.{unit_text}", "tab:bias", 2),
+        "rmse.tex": (
+            "rmse",
+            f"Headline RMSE: square root of the mean latitude-weighted MSE over the test "
+            f"initialization times of {years}{n}. Lower is better.{unit_text}",
+            "tab:rmse",
+            2,
+        ),
+        "rmse_mean_per_time.tex": (
+            "rmse_mean_per_time",
+            f"RMSE as the mean over the test initialization "
+            f"times of {years}{n} of the per-time latitude-weighted RMSE (the second "
+            f"reduction).{unit_text}",
+            "tab:rmse-mean-per-time",
+            2,
+        ),
+        "acc.tex": (
+            "acc",
+            f"Uncentred anomaly correlation coefficient against the day-of-year and hour climatology of "
+            f"{clim}, mean over the test initialization times of {years}. Higher is better.",
+            "tab:acc",
+            3,
+        ),
+        "bias.tex": (
+            "bias",
+            f"Latitude-weighted mean error (forecast minus truth), mean over the test "
+            f"initialization times of {years}.{unit_text}",
+            "tab:bias",
+            2,
+        ),
     }
     written = []
     for name, (column, caption, label, digits) in specs.items():

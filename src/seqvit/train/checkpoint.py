@@ -38,8 +38,8 @@ import torch
 import torch.distributed as dist
 
 from seqvit.errors import SeqvitError
-from seqvit.lineage import differences
 from seqvit.io import atomic_path
+from seqvit.lineage import differences
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +188,9 @@ class Checkpoints:
             previous = self.dir.with_name(self.dir.name + ".previous")
             shutil.rmtree(previous, ignore_errors=True)
             self.dir.rename(previous)
-            log.warning("settings changed (%s): checkpoints moved to %s; training starts afresh", "; ".join(changed), previous)
+            log.warning(
+                "settings changed (%s): checkpoints moved to %s; training starts afresh", "; ".join(changed), previous
+            )
         self._barrier()
 
     def save(self, engine, step: int, client_state: dict, settings: dict, rank_state: dict | None = None) -> str:
@@ -237,8 +239,9 @@ class Checkpoints:
             problems = self._agree(self._damage(tag))
             if not problems:
                 if skipped and self.rank == 0:
-                    log.warning("%s; resuming from the newest complete checkpoint, %s", "; ".join(skipped),
-                                self.dir / tag)  # fmt: skip
+                    log.warning(
+                        "%s; resuming from the newest complete checkpoint, %s", "; ".join(skipped), self.dir / tag
+                    )
                     with atomic_path(self.dir / "latest") as tmp:  # the next save prunes the damaged ones
                         Path(tmp).write_text(tag)
                 state = self._restore(engine, tag)

@@ -32,9 +32,9 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
+from seqvit import lineage
 from seqvit.data.loader import SampleOrder, SegmentBatches, SplitIndex, TokenStore, read_pairs, step_loader
 from seqvit.data.tokenize import store_identity, token_weights
-from seqvit import lineage
 from seqvit.errors import SeqvitError
 from seqvit.io import atomic_path
 from seqvit.model.vit import build_model
@@ -42,14 +42,23 @@ from seqvit.parallel import groups
 from seqvit.parallel.attention import check_backend
 from seqvit.parallel.shard import Shard
 from seqvit.train import throughput
-from seqvit.train.slurm import run_parallelism
 from seqvit.train.checkpoint import Checkpoints, StopRequest, TrainingInterrupted
+from seqvit.train.slurm import run_parallelism
 
 log = logging.getLogger(__name__)
 
 METRIC_COLUMNS = (
-    "step", "loss", "val_loss", "lr", "samples_per_s", "tokens_per_s", "tflops", "mfu", "data_wait", "elapsed_s",
-)  # fmt: skip
+    "step",
+    "loss",
+    "val_loss",
+    "lr",
+    "samples_per_s",
+    "tokens_per_s",
+    "tflops",
+    "mfu",
+    "data_wait",
+    "elapsed_s",
+)
 VAL_SAMPLES = 256
 VAL_BATCH = 64
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -141,9 +150,13 @@ def _start_process_group(sp: int, device_kind: str) -> tuple[groups.Layout, bool
     if not dist.is_initialized():  # one process: an in-memory store, no port to collide with other runs
         dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
     info = groups.launcher_env()
-    wanted = {"RANK": dist.get_rank(), "WORLD_SIZE": dist.get_world_size(), "LOCAL_RANK": info["local_rank"],
-              "MASTER_ADDR": info["master_addr"] or "127.0.0.1",
-              "MASTER_PORT": info["master_port"] or groups.DEFAULT_PORT}  # fmt: skip
+    wanted = {
+        "RANK": dist.get_rank(),
+        "WORLD_SIZE": dist.get_world_size(),
+        "LOCAL_RANK": info["local_rank"],
+        "MASTER_ADDR": info["master_addr"] or "127.0.0.1",
+        "MASTER_PORT": info["master_port"] or groups.DEFAULT_PORT,
+    }
     added = {key: str(value) for key, value in wanted.items() if key not in os.environ}
     os.environ.update(added)
     return layout, owns, added
@@ -234,8 +247,19 @@ def train(
     layout, owns_process_group, added_variables = _start_process_group(sp, device.type)
     try:
         with StopRequest() as stop:
-            result = _train(cfg, tokens_path, Path(out_dir), patch_size, progress, stop_at_step, layout, device,
-                            deepspeed, stop, restart_if_changed)  # fmt: skip
+            result = _train(
+                cfg,
+                tokens_path,
+                Path(out_dir),
+                patch_size,
+                progress,
+                stop_at_step,
+                layout,
+                device,
+                deepspeed,
+                stop,
+                restart_if_changed,
+            )
         if layout.distributed:  # rank 0 has written model.pt before any rank reports done
             dist.barrier()
         return result
@@ -248,8 +272,9 @@ def train(
             deepspeed.utils.groups._WORLD_GROUP = None
 
 
-def _train(cfg, tokens_path, out_dir, patch_size, progress, stop_at_step, layout, device, deepspeed, stop,
-           restart_if_changed):  # fmt: skip
+def _train(
+    cfg, tokens_path, out_dir, patch_size, progress, stop_at_step, layout, device, deepspeed, stop, restart_if_changed
+):
     tcfg = cfg["train"]
     main = layout.is_main
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -340,8 +365,12 @@ def _train(cfg, tokens_path, out_dir, patch_size, progress, stop_at_step, layout
     tensorboard = _TensorBoard(out_dir, main)
 
     def save_checkpoint():
-        client = {"step": step, "metrics": rows, "elapsed_s": elapsed_before + time.perf_counter() - started,
-                  "best_val_loss": best}  # fmt: skip
+        client = {
+            "step": step,
+            "metrics": rows,
+            "elapsed_s": elapsed_before + time.perf_counter() - started,
+            "best_val_loss": best,
+        }
         checkpoints.save(engine, step, client, settings, rank_state={"window": dict(window)})
 
     def save_weights(path):
@@ -364,7 +393,9 @@ def _train(cfg, tokens_path, out_dir, patch_size, progress, stop_at_step, layout
                 path,
             )
 
-    bar = tqdm(total=total_steps, initial=step, disable=not (progress and main), desc=f"train p{patch_size}", unit="step")
+    bar = tqdm(
+        total=total_steps, initial=step, disable=not (progress and main), desc=f"train p{patch_size}", unit="step"
+    )
     engine.train()
     workers = int(tcfg.get("loader_workers", 1))
     loader = step_loader(batches, step, last_step, workers=workers) if step < last_step else ()
@@ -397,8 +428,9 @@ def _train(cfg, tokens_path, out_dir, patch_size, progress, stop_at_step, layout
                     mean_loss = float(buf) / layout.world_size
                 val_loss = validation_loss() if is_val else ""
                 seconds = window["seconds"] + window["wait"]
-                rate = throughput.Throughput.of(window["samples"], seconds, layout.world_size, model.num_tokens,
-                                                flops_per_sample, peak)  # fmt: skip
+                rate = throughput.Throughput.of(
+                    window["samples"], seconds, layout.world_size, model.num_tokens, flops_per_sample, peak
+                )
                 rows.append(
                     {
                         "step": step,
@@ -439,9 +471,14 @@ def _train(cfg, tokens_path, out_dir, patch_size, progress, stop_at_step, layout
         last = rows[-1]
         log.info(
             "step %d: %.0f samples/s, %.0f tokens/s, %.3g TFLOP/s per device, MFU %.1f%% of %.3g TFLOP/s (%s)",
-            last["step"], last["samples_per_s"], last["tokens_per_s"], last["tflops"], 100 * last["mfu"], peak,
+            last["step"],
+            last["samples_per_s"],
+            last["tokens_per_s"],
+            last["tflops"],
+            100 * last["mfu"],
+            peak,
             peak_source,
-        )  # fmt: skip
+        )
     if step < total_steps:
         return None
     save_weights(model_path)
@@ -462,9 +499,14 @@ def _sequence_parallel(cfg: dict, layout, model, patch_size: int) -> None:
             f"parallel.sp={layout.sp} make {layout.dp}; launch {layout.sp * int(dp)} processes or change parallel.dp"
         )
     groups.check_layout(
-        num_tokens=model.num_tokens, num_heads=int(cfg["model"]["num_heads"]), sp=layout.sp, method=method,
-        world_size=layout.world_size, batch_size=int(cfg["train"]["batch_size"]), uneven=uneven,
-    )  # fmt: skip
+        num_tokens=model.num_tokens,
+        num_heads=int(cfg["model"]["num_heads"]),
+        sp=layout.sp,
+        method=method,
+        world_size=layout.world_size,
+        batch_size=int(cfg["train"]["batch_size"]),
+        uneven=uneven,
+    )
     if layout.sp > 1:
         kernel = cfg["model"].get("attention", "sdpa")
         backend = sequence_parallel_attention(

@@ -63,8 +63,10 @@ def _check_leads(cfg: dict, run_dir, saved: dict, lead_hours: list[int]) -> list
         )
     log.warning(
         "%s: trained on lead times %s h; forecasting %s h by extrapolation (evaluate.extrapolate_leads)",
-        Path(run_dir) / "model.pt", trained, untrained,
-    )  # fmt: skip
+        Path(run_dir) / "model.pt",
+        trained,
+        untrained,
+    )
     return untrained
 
 
@@ -112,8 +114,11 @@ def predict(cfg: dict, run_dir, tokens_path, stats_path, out_nc) -> None:
             "latitude": test_set.latitude,
             "longitude": test_set.longitude,
         },
-        attrs={"model": f"vit-p{patch_size}", "units": "physical units of each channel (denormalized)",
-               lineage.ATTR: lineage.dumps(lineage.forecast(cfg))},
+        attrs={
+            "model": f"vit-p{patch_size}",
+            "units": "physical units of each channel (denormalized)",
+            lineage.ATTR: lineage.dumps(lineage.forecast(cfg)),
+        },
     )
     if extrapolated:  # evaluate.extrapolate_leads: say which leads the model never trained on
         out.attrs["extrapolated_leads"] = np.array(extrapolated, dtype=np.int64)

@@ -46,8 +46,16 @@ def job_layout(cfg: dict, patch_size: int) -> dict:
         )
     nodes = math.ceil(world / per_node)
     minutes = int(cluster.get("train_minutes", 120))
-    layout = {"sp": sp, "dp": dp, "world": world, "nodes": nodes, "tasks_per_node": min(per_node, world),
-              "minutes": minutes, "partition": None, "qos": None}
+    layout = {
+        "sp": sp,
+        "dp": dp,
+        "world": world,
+        "nodes": nodes,
+        "tasks_per_node": min(per_node, world),
+        "minutes": minutes,
+        "partition": None,
+        "qos": None,
+    }
     if cluster.get("debug"):
         debug = cluster.get("debug_qos") or {}
         limit = int(debug.get("max_minutes", 120))

@@ -161,15 +161,25 @@ class Throughput:
         return self.tflops_per_device / self.peak_tflops_per_device
 
     def as_dict(self) -> dict:
-        return {"samples_per_s": self.samples_per_s, "tokens_per_s": self.tokens_per_s, "tflops": self.tflops,
-                "tflops_per_device": self.tflops_per_device, "mfu": self.mfu}  # fmt: skip
+        return {
+            "samples_per_s": self.samples_per_s,
+            "tokens_per_s": self.tokens_per_s,
+            "tflops": self.tflops,
+            "tflops_per_device": self.tflops_per_device,
+            "mfu": self.mfu,
+        }
 
 
 _DTYPES = {
-    "fp32": torch.float32, "float32": torch.float32, "float": torch.float32,
-    "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-    "fp16": torch.float16, "float16": torch.float16, "half": torch.float16,
-}  # fmt: skip
+    "fp32": torch.float32,
+    "float32": torch.float32,
+    "float": torch.float32,
+    "bf16": torch.bfloat16,
+    "bfloat16": torch.bfloat16,
+    "fp16": torch.float16,
+    "float16": torch.float16,
+    "half": torch.float16,
+}
 _DTYPE_KEYS = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 

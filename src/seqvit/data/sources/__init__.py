@@ -84,7 +84,12 @@ def download(cfg: dict, request_ids=None, raw_dir=None, log: logging.Logger = LO
             # manifest without it (a crash just here) is not verified, so the file is fetched again.
             manifest = {**manifest, "lineage": made_by}
             state.write_json(request.manifest_path(raw_dir), manifest)
-            log.info("%s: verified and saved %s (%d bytes, sha256 %s)", request.id, request.path(raw_dir),
-                     manifest["size"], manifest["sha256"][:16])  # fmt: skip
+            log.info(
+                "%s: verified and saved %s (%d bytes, sha256 %s)",
+                request.id,
+                request.path(raw_dir),
+                manifest["size"],
+                manifest["sha256"][:16],
+            )
             outcome[request.id] = "fetched"
     return outcome

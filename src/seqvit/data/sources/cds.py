@@ -87,7 +87,9 @@ def retry_settings(cfg: dict) -> RetrySettings:
         value = raw.get(key, spec["default"])
         wanted = int if spec["type"] == "integer" else float
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value < (1 if wanted is int else 0):
-            raise SeqvitError(f"config key source.retry.{key} must be a {'positive integer' if wanted is int else 'number >= 0'}")
+            raise SeqvitError(
+                f"config key source.retry.{key} must be a {'positive integer' if wanted is int else 'number >= 0'}"
+            )
         if wanted is int and not float(value).is_integer():
             raise SeqvitError(f"config key source.retry.{key} must be an integer")
         values[key] = wanted(value)
@@ -124,7 +126,9 @@ def find_credentials() -> Credentials:
     try:
         url, key, _verify = cdsapi.api.get_url_key_verify(None, None, None)
     except Exception:
-        raise SeqvitError(f"no CDS credentials (no CDSAPI_URL/CDSAPI_KEY, and {rc} is missing or incomplete): {_HOW_TO_CREATE}") from None
+        raise SeqvitError(
+            f"no CDS credentials (no CDSAPI_URL/CDSAPI_KEY, and {rc} is missing or incomplete): {_HOW_TO_CREATE}"
+        ) from None
     from_env = os.environ.get("CDSAPI_KEY") is not None and os.environ.get("CDSAPI_KEY") == key
     origin = "CDSAPI_KEY" if from_env else rc
     key = key.strip()
@@ -226,7 +230,9 @@ class CdsSource:
 
     kind = "cds"
 
-    def __init__(self, cfg: dict, raw_dir, log: logging.Logger = LOG, rng: random.Random | None = None, sleep=time.sleep):
+    def __init__(
+        self, cfg: dict, raw_dir, log: logging.Logger = LOG, rng: random.Random | None = None, sleep=time.sleep
+    ):
         self.raw_dir = Path(raw_dir)
         self.retry = retry_settings(cfg)
         if (cfg.get("source") or {}).get("data_format") == "grib" and importlib.util.find_spec("cfgrib") is None:
@@ -260,7 +266,9 @@ class CdsSource:
                 debug_callback=self._relay(logging.DEBUG),
             )
             if not hasattr(client, "client"):  # the legacy class would speak the retired API
-                raise SeqvitError(f"cdsapi chose its legacy client for the key in {self.credentials.origin}; use a personal access token")
+                raise SeqvitError(
+                    f"cdsapi chose its legacy client for the key in {self.credentials.origin}; use a personal access token"
+                )
             self._client = client
         return self._client
 
@@ -294,7 +302,9 @@ class CdsSource:
                 "parts": [{k: v for k, v in part.items() if k not in ("path", "summary")} for part in parts],
                 "times": {"started": started, "downloaded": max(p["downloaded"] for p in parts)},
             }
-            manifest = commit(request, self.raw_dir, candidate, expectation_for(request, request.expected_grid()), record, summary)
+            manifest = commit(
+                request, self.raw_dir, candidate, expectation_for(request, request.expected_grid()), record, summary
+            )
         pending.clear()
         return manifest
 
@@ -314,8 +324,11 @@ class CdsSource:
                     ) from None
                 self.log.warning(
                     "%s: the CDS says the request is too large (%s); splitting it into %s and %s",
-                    part.label(), exc, halves[0].label(), halves[1].label(),
-                )  # fmt: skip
+                    part.label(),
+                    exc,
+                    halves[0].label(),
+                    halves[1].label(),
+                )
                 queue[0:0] = list(halves)
         return done
 
@@ -326,11 +339,15 @@ class CdsSource:
             delivered = work / "delivery"
             info = self._fetch_with_retries(part, delivered, pending)
             try:
-                info["delivered"] = {"format": era5.detect_format(delivered), "size": delivered.stat().st_size,
-                                     "sha256": state.sha256_file(delivered)}  # fmt: skip
+                info["delivered"] = {
+                    "format": era5.detect_format(delivered),
+                    "size": delivered.stat().st_size,
+                    "sha256": state.sha256_file(delivered),
+                }
                 path = self._normalize(delivered, work, part)
-                summary = verify_file(path, expected, label=f"CDS request {part.id} ({part.label()})",
-                                      target=part.path(self.raw_dir))
+                summary = verify_file(
+                    path, expected, label=f"CDS request {part.id} ({part.label()})", target=part.path(self.raw_dir)
+                )
             except VerificationError as exc:
                 if not exc.unreadable:
                     pending.forget(part)  # the next run asks again: the CDS may have the data by then
@@ -338,7 +355,9 @@ class CdsSource:
                 if attempt == self.retry.attempts:
                     raise
                 delay = backoff_delay(self.retry, attempt, self.rng)
-                self.log.warning("%s; fetching it again in %.0f s (attempt %d of %d)", exc, delay, attempt + 1, self.retry.attempts)
+                self.log.warning(
+                    "%s; fetching it again in %.0f s (attempt %d of %d)", exc, delay, attempt + 1, self.retry.attempts
+                )
                 self.sleep(delay)
                 continue
             return {"path": path, "summary": summary, "label": part.label(), "cds_request": part.cds_request(), **info}
@@ -358,8 +377,13 @@ class CdsSource:
                     delay = min(max(delay, exc.retry_after), self.retry.backoff_max_s)
                 self.log.warning(
                     "CDS request %s (%s): %s; trying again in %.0f s (attempt %d of %d)",
-                    part.id, part.label(), last, delay, attempt + 1, self.retry.attempts,
-                )  # fmt: skip
+                    part.id,
+                    part.label(),
+                    last,
+                    delay,
+                    attempt + 1,
+                    self.retry.attempts,
+                )
                 self.sleep(delay)
         raise SeqvitError(
             f"CDS request {part.id} ({part.label()}) failed {self.retry.attempts} times; last error: {last}. "
@@ -527,9 +551,13 @@ def _expver_by_time(datasets) -> dict | None:
     for ds in datasets:
         if "expver" not in ds.variables or "expver" in ds.dims:
             return None
-        time_name = "valid_time" if "valid_time" in ds["expver"].dims else ds["expver"].dims[0] if ds["expver"].dims else None
+        time_name = (
+            "valid_time" if "valid_time" in ds["expver"].dims else ds["expver"].dims[0] if ds["expver"].dims else None
+        )
         if time_name is None:
             return None
-        for when, value in zip(ds[time_name].values.astype("datetime64[ns]"), np.asarray(ds["expver"].values).astype(str)):
+        for when, value in zip(
+            ds[time_name].values.astype("datetime64[ns]"), np.asarray(ds["expver"].values).astype(str)
+        ):
             mapping[when] = value
     return mapping

@@ -66,7 +66,11 @@ class LocalSource:
         cache.parent.mkdir(parents=True, exist_ok=True)
         with _exclusive(cache.with_suffix(".lock")):  # concurrent jobs wait for one scan
             saved = state.read_json(cache) or {}
-            entries = saved.get("files", {}) if saved.get("version") == INDEX_VERSION and saved.get("root") == str(self.root) else {}
+            entries = (
+                saved.get("files", {})
+                if saved.get("version") == INDEX_VERSION and saved.get("root") == str(self.root)
+                else {}
+            )
             fresh, changed = {}, False
             for path in self.files():
                 stat = path.stat()
@@ -144,9 +148,7 @@ class LocalSource:
                     member.close()
             record = {
                 "source": "local",
-                "files": [
-                    {"path": str(p), "size": self.index()[str(p)]["size"]} for p in sorted({*owner.values()})
-                ],
+                "files": [{"path": str(p), "size": self.index()[str(p)]["size"]} for p in sorted({*owner.values()})],
                 "times": {"started": started, "downloaded": state.now()},
             }
             return commit(request, self.raw_dir, candidate, expectation_for(request), record)
@@ -163,13 +165,17 @@ class LocalSource:
         ds = ds.isel(time=np.flatnonzero(mask))
         if request.levels:
             if "level" not in ds.dims:
-                raise SeqvitError(f"{path}: {names} have no pressure levels, but the config lists them as pressure-level variables")
+                raise SeqvitError(
+                    f"{path}: {names} have no pressure levels, but the config lists them as pressure-level variables"
+                )
             missing = sorted(set(request.levels) - set(int(v) for v in ds["level"].values))
             if missing:
                 raise SeqvitError(f"{path}: lacks the levels {missing} hPa of {names} (config key data.levels)")
             ds = ds.sel(level=list(request.levels))
         elif "level" in ds.dims:
-            raise SeqvitError(f"{path}: {names} have pressure levels, but the config lists them as single-level variables")
+            raise SeqvitError(
+                f"{path}: {names} have pressure levels, but the config lists them as single-level variables"
+            )
         return ds
 
 
@@ -184,7 +190,9 @@ def _describe(path: Path) -> dict:
                 # coordinates only: canonicalize would read the data of files with an expver dimension
                 time_name = next((n for n in ("valid_time", "time") if n in member.variables), None)
                 if time_name is None:
-                    raise SeqvitError(f"{path}: no time coordinate (valid_time or time); not an ERA5 file seqvit can read")
+                    raise SeqvitError(
+                        f"{path}: no time coordinate (valid_time or time); not an ERA5 file seqvit can read"
+                    )
                 level_name = next((n for n in ("pressure_level", "isobaricInhPa", "level") if n in member.dims), None)
                 levels = [int(v) for v in member[level_name].values] if level_name else []
                 for name, da in member.data_vars.items():

@@ -34,9 +34,44 @@ FORMATS = ("netcdf", "grib")
 # finds too large is halved at run time.
 DEFAULT_MAX_FIELDS = {"netcdf": 12_000, "grib": 120_000}
 ERA5_PRESSURE_LEVELS = (
-    1, 2, 3, 5, 7, 10, 20, 30, 50, 70, 100, 125, 150, 175, 200, 225, 250, 300, 350, 400, 450,
-    500, 550, 600, 650, 700, 750, 775, 800, 825, 850, 875, 900, 925, 950, 975, 1000,
-)  # fmt: skip
+    1,
+    2,
+    3,
+    5,
+    7,
+    10,
+    20,
+    30,
+    50,
+    70,
+    100,
+    125,
+    150,
+    175,
+    200,
+    225,
+    250,
+    300,
+    350,
+    400,
+    450,
+    500,
+    550,
+    600,
+    650,
+    700,
+    750,
+    775,
+    800,
+    825,
+    850,
+    875,
+    900,
+    925,
+    950,
+    975,
+    1000,
+)
 NATIVE_STEP_DEG = 0.25
 
 
@@ -85,7 +120,9 @@ class Request:
     def times(self) -> np.ndarray:
         """Every time step the file must hold, ascending, datetime64[ns]."""
         stamps = [
-            np.datetime64(dt.datetime(self.year, self.month, day, hour), "ns") for day in self.days for hour in self.hours
+            np.datetime64(dt.datetime(self.year, self.month, day, hour), "ns")
+            for day in self.days
+            for hour in self.hours
         ]
         return np.array(sorted(stamps), dtype="datetime64[ns]")
 
@@ -173,7 +210,9 @@ def source_settings(cfg: dict) -> SourceSettings:
     grid = source.get("grid")
     if grid is not None:
         if not isinstance(grid, (list, tuple)) or len(grid) != 2 or not all(_positive(v) for v in grid):
-            raise SeqvitError(f"config key source.grid must be [dlat, dlon] in degrees, e.g. [0.25, 0.25]; got {grid!r}")
+            raise SeqvitError(
+                f"config key source.grid must be [dlat, dlon] in degrees, e.g. [0.25, 0.25]; got {grid!r}"
+            )
         grid = (float(grid[0]), float(grid[1]))
     area = source.get("area")
     if area is not None:

@@ -97,9 +97,7 @@ def _verify_open(ds: xr.Dataset, expected: Expectation, where: str) -> dict:
         raise VerificationError(str(exc)) from exc
     missing = [name for name in expected.variables if name not in canonical.data_vars]
     if missing:
-        raise VerificationError(
-            f"{where}: holds no variable {_few(missing)} (has {sorted(canonical.data_vars)})"
-        )
+        raise VerificationError(f"{where}: holds no variable {_few(missing)} (has {sorted(canonical.data_vars)})")
     for name in expected.variables:
         has_level = "level" in canonical[name].dims
         if has_level != bool(expected.levels):
@@ -129,7 +127,9 @@ def _verify_open(ds: xr.Dataset, expected: Expectation, where: str) -> dict:
             "or a fault on its side): rerun later, or drop those dates from the config"
         )
     if extra.size:
-        raise VerificationError(f"{where}: holds {extra.size} time steps that were not requested ({_few(extra, _stamp)})")
+        raise VerificationError(
+            f"{where}: holds {extra.size} time steps that were not requested ({_few(extra, _stamp)})"
+        )
 
     _check_grid("latitude", canonical["latitude"].values, expected.latitude, where)
     _check_grid("longitude", canonical["longitude"].values, expected.longitude, where)

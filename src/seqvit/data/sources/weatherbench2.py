@@ -101,10 +101,14 @@ class WeatherBench2Source:
             da = ds[store_name].sel(time=want)
             if request.levels:
                 if "level" not in da.dims:
-                    raise SeqvitError(f"{self.store}: {store_name} has no level dimension, but {short} is a pressure-level variable")
+                    raise SeqvitError(
+                        f"{self.store}: {store_name} has no level dimension, but {short} is a pressure-level variable"
+                    )
                 missing = sorted(set(request.levels) - set(int(v) for v in da["level"].values))
                 if missing:
-                    raise SeqvitError(f"{self.store}: {store_name} lacks the levels {missing} hPa (config key data.levels)")
+                    raise SeqvitError(
+                        f"{self.store}: {store_name} lacks the levels {missing} hPa (config key data.levels)"
+                    )
                 da = da.sel(level=list(request.levels))
             pieces[short] = da.drop_vars([c for c in da.coords if c not in da.dims])
         canonical = era5.canonicalize(xr.Dataset(pieces), self.store)

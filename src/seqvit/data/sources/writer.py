@@ -121,10 +121,14 @@ def write_cds_netcdf(
             coordinates = "number expver"
 
         for name, info in variables.items():
-            dims = ("valid_time", "pressure_level", "latitude", "longitude") if info["level"] else (
-                "valid_time",
-                "latitude",
-                "longitude",
+            dims = (
+                ("valid_time", "pressure_level", "latitude", "longitude")
+                if info["level"]
+                else (
+                    "valid_time",
+                    "latitude",
+                    "longitude",
+                )
             )
             chunks = (1, 1, lat.size, lon.size) if info["level"] else (1, lat.size, lon.size)
             var = nc.createVariable(
