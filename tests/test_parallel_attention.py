@@ -12,8 +12,6 @@ batch share) through the sequence-parallel attention, averaging gradients as tra
 
 from __future__ import annotations
 
-import importlib.util
-
 import numpy as np
 import pytest
 import torch
@@ -29,7 +27,6 @@ from seqvit.parallel.shard import Shard
 from seqvit.parallel.spawn import spawn
 from seqvit.train.engine import weighted_mse
 
-HAVE_DEEPSPEED = importlib.util.find_spec("deepspeed") is not None
 METHODS = ["ulysses", "lss", "deepspeed-ulysses"]
 TOL = 1e-5
 C, PATCH, DIM, DEPTH = 2, 2, 24, 2
@@ -78,8 +75,6 @@ def _model(heads, grid, kernel):
 
 def _run_case(case, layouts):
     _, name, p, d, method, batch, heads, grid, uneven, kernel = case
-    if method == "deepspeed-ulysses" and not HAVE_DEEPSPEED:
-        return {"skipped": "deepspeed not installed"}
     layout = layouts[(p, d)]
     model = _model(heads, grid, kernel)
     n = model.num_tokens
@@ -155,8 +150,6 @@ def _accounting(p, group):
     batch, n, heads, dim = 2, 8 * p, 4, 6
     torch.manual_seed(4)
     for method in METHODS:
-        if method == "deepspeed-ulysses" and not HAVE_DEEPSPEED:
-            continue
         attn = sequence_parallel_attention(method, group, n, heads)
         q, k, v = (torch.randn(batch, n // p, heads, dim, requires_grad=True) for _ in range(3))
         STATS.reset()
@@ -242,8 +235,6 @@ def test_exchanges_are_exact_data_movements(world):
 @pytest.mark.parametrize("p", [2, 4])
 @pytest.mark.parametrize("method", METHODS)
 def test_communication_accounting_matches_formulas(p, method):
-    if method == "deepspeed-ulysses" and not HAVE_DEEPSPEED:
-        pytest.skip("deepspeed not installed")
     for result in spawn_world(p):
         counts = result["accounting"][p][method]
         want = counts["expected"]

@@ -15,6 +15,8 @@ from seqvit.errors import SeqvitError
 from seqvit.train.engine import train
 from seqvit.train.predict import predict
 
+pytestmark = pytest.mark.workflow  # slow: real Snakemake runs or multi-process training
+
 HEIGHT, WIDTH, P = 8, 16, 4
 CFG = {
     "experiment": "leads",

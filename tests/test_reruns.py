@@ -17,6 +17,8 @@ import yaml
 
 from test_workflow import ROOT, tiny_config
 
+pytestmark = pytest.mark.workflow  # slow: real Snakemake runs or multi-process training
+
 ALL_STAGES = {
     "synth",
     "regrid",

@@ -18,6 +18,8 @@ import yaml
 
 from test_workflow import ROOT, SNAKEMAKE, run, tiny_config
 
+pytestmark = pytest.mark.workflow  # slow: real Snakemake runs or multi-process training
+
 
 @pytest.fixture(scope="module")
 def cluster():

@@ -34,6 +34,8 @@ from seqvit.errors import SeqvitError
 from seqvit.parallel.spawn import free_port
 from seqvit.train.engine import train
 
+pytestmark = pytest.mark.workflow  # slow: real Snakemake runs or multi-process training
+
 ROOT = Path(__file__).resolve().parents[1]
 HEIGHT, WIDTH, P = 8, 16, 4  # 2 x 4 patches: 8 tokens
 # Seconds a failed run may take from its error to its exit, and its helpers to end after a SIGKILL.

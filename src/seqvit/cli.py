@@ -182,6 +182,25 @@ def cmd_paths(args):
     print(lay.eval_dir / "metrics.csv")
 
 
+def cmd_plan(args):
+    """Predicted memory, time and fit of every run; exit 1 when one does not fit."""
+    from seqvit.plan import format_plan, misfit_line, plan_config, summary_row
+
+    cfg = _config(args)
+    plans = plan_config(cfg, [args.patch_size] if args.patch_size else None, args.machine)
+    for plan in plans:
+        print(format_plan(plan))
+        print()
+    print("summary")
+    for plan in plans:
+        print("  " + summary_row(plan))
+    misfits = [plan for plan in plans if not plan.fits]
+    for plan in misfits:
+        print(misfit_line(plan), file=sys.stderr)
+    if misfits:
+        raise SystemExit(1)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="seqvit",
@@ -288,6 +307,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--record-hosts",
         action="store_true",
         help="also record the host name of this machine and of each local job (default: no host names)",
+    )
+    p = stage(
+        "plan",
+        cmd_plan,
+        "predict memory per rank, FLOPs, step time and MFU of each training run on a machine "
+        "(config/machines/NAME.yaml) before it is submitted; exit status 1 when a run does not fit",
+    )
+    p.add_argument("--patch-size", type=int, metavar="P", help="only this run (default: every tokenize.patch_sizes)")
+    p.add_argument(
+        "--machine", metavar="NAME", help="machine file config/machines/NAME.yaml (default: config key machine)"
     )
     p = stage("paths", cmd_paths, "print the results folder and the main output paths of a config")
     p.add_argument("--results", action="store_true", help="print only the results folder (make report uses it)")

@@ -4,7 +4,7 @@ import yaml
 from seqvit.io import atomic_path
 from seqvit.layout import Layout
 from seqvit.lineage import TRAIN_REPORTING_KEYS
-from seqvit.provenance.code import source_hash
+from seqvit.provenance.code import stage_hash
 from seqvit.train.slurm import (
     describe_sbatch,
     run_parallelism,

@@ -18,7 +18,7 @@ if config["source"]["kind"] == "synthetic":
             config=CONFIG,
             source=config["source"],
             data=config["data"],
-            code=source_hash("data/synthetic"),
+            code=stage_hash("data.synthetic"),
         message:
             "Generating the embedded ERA5-like source (CDS netCDF layout)"
         shell:
@@ -88,7 +88,7 @@ rule regrid:
         config=CONFIG,
         grid=config["grid"],
         method=config.get("regrid", {}).get("method", "conservative"),
-        code=source_hash("data/regrid", "data/era5", "data/grids", "lineage"),
+        code=stage_hash("data.regrid"),
     message:
         "Regridding {wildcards.group} {wildcards.year} to {params.grid} ({params.method})"
     shell:
@@ -117,7 +117,7 @@ rule stats:
         config=CONFIG,
         data=config["data"],
         train_years=config["splits"]["train"],
-        code=source_hash("data/stats", "data/fields", "lineage"),
+        code=stage_hash("data.stats"),
     message:
         "Mean and standard deviation per channel over the training years"
     shell:
@@ -144,7 +144,7 @@ rule climatology:
         data=config["data"],
         splits=config["splits"],
         stats=config.get("stats", {}),
-        code=source_hash("data/stats", "data/fields", "lineage"),
+        code=stage_hash("data.stats"),
     message:
         "Smoothed day-of-year x hour climatology"
     shell:

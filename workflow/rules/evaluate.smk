@@ -23,9 +23,7 @@ rule baseline:
         config=CONFIG,
         evaluate=config["evaluate"],
         splits=config["splits"],
-        code=source_hash(
-            "lineage", "evaluate/baselines", "data/fields", "data/stats", "data/grids"
-        ),
+        code=stage_hash("evaluate.baselines"),
     message:
         "Forecasting the test years with the {wildcards.name} baseline"
     shell:
@@ -100,9 +98,7 @@ rule evaluate:
         evaluate=config["evaluate"],
         # the `run` column of metrics.csv
         experiment=config["experiment"],
-        code=source_hash(
-            "lineage", "evaluate", "data/fields", "data/stats", "data/grids"
-        ),
+        code=stage_hash("evaluate.report"),
     message:
         "Scoring every model and baseline on the test years"
     shell:

@@ -40,7 +40,7 @@ rule provenance:
         config=CONFIG,
         # it records the whole configuration (but not where the results folder is)
         settings={k: v for k, v in config.items() if k != "results"},
-        code=source_hash("provenance"),
+        code=stage_hash("provenance.crate"),
     message:
         "Writing the provenance bundle (RO-Crate, methods.md, LaTeX tables)"
     shell:

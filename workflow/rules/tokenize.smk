@@ -23,7 +23,7 @@ rule tokenize:
         channels=config["data"],
         # token chunks per sample: a sequence-parallel rank reads only its segment
         sp_segments=config["tokenize"].get("sp_segments", 8),
-        code=source_hash("data/tokenize", "data/fields", "data/stats", "lineage"),
+        code=stage_hash("data.tokenize"),
     message:
         "Cutting normalized fields into {wildcards.p} x {wildcards.p} patch tokens"
     shell:

@@ -34,20 +34,7 @@ rule train:
         cluster=config.get("cluster", {}),
         train=TRAIN_SETTINGS,
         splits=config["splits"],
-        code=source_hash(
-            "lineage",
-            "data/tokenize",
-            "data/fields",
-            "data/grids",
-            "data/stats",
-            "model",
-            "train/engine",
-            "train/checkpoint",
-            "train/throughput",
-            "train/slurm",
-            "data/loader",
-            "parallel",
-        ),
+        code=stage_hash("train.engine", "train.slurm"),
     message:
         "Training the ViT on {wildcards.p} x {wildcards.p} patches (on Slurm: {params.sbatch})"
     shell:
@@ -76,15 +63,7 @@ rule predict:
         config=CONFIG,
         evaluate=config["evaluate"],
         splits=config["splits"],
-        code=source_hash(
-            "lineage",
-            "model",
-            "train/predict",
-            "parallel",
-            "data/stats",
-            "data/loader",
-            "data/tokenize",
-        ),
+        code=stage_hash("train.predict"),
     message:
         "Forecasting the test years with the ViT (p={wildcards.p})"
     shell:

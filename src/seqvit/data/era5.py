@@ -73,7 +73,7 @@ def canonicalize(ds: xr.Dataset, source: str = "dataset") -> xr.Dataset:
     for needed in ("time", "latitude", "longitude"):
         if needed not in ds.dims:
             raise SeqvitError(
-                f"{source}: no '{needed}' dimension (found {sorted(ds.dims)}); "
+                f"{source}: no '{needed}' dimension (found {sorted(map(str, ds.dims))}); "
                 "expected an ERA5 netCDF file as the CDS delivers it"
             )
     ds = ds.drop_vars([v for v in ("number", "expver", "step", "surface") if v in ds.variables])

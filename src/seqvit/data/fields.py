@@ -34,7 +34,9 @@ def stack_channels(ds: xr.Dataset, channels) -> xr.DataArray:
     for name in channels:
         var, level = _split_channel(name)
         if var not in ds:
-            raise SeqvitError(f"channel {name!r}: variable {var!r} not in the data (has {sorted(ds.data_vars)})")
+            raise SeqvitError(
+                f"channel {name!r}: variable {var!r} not in the data (has {sorted(map(str, ds.data_vars))})"
+            )
         da = ds[var]
         if level is not None:
             if "level" not in da.dims or level not in da["level"].values:

@@ -285,6 +285,10 @@ class _ShardLayout:
                             if offsets is None or offsets[k] == _ABSENT:
                                 out[row, :, target] = self.fill
                                 continue
+                            if handle is None:  # a cached index whose shard file is gone
+                                raise SeqvitError(
+                                    f"{path}: shard file disappeared while reading; rerun `seqvit tokenize`"
+                                )
                             raw = os.pread(handle.fileno(), self.chunk_nbytes, int(offsets[k]))
                             out[row, :, target] = np.frombuffer(raw, dtype="<f4").reshape(self.chunk_shape)[:, source]
                 finally:

@@ -328,7 +328,7 @@ def regrid(ds: xr.Dataset, grid: Grid, method: str = "conservative") -> xr.Datas
     regridder = Regridder(ds["latitude"].values, ds["longitude"].values, grid, method)
     out = {}
     for name, da in ds.data_vars.items():
-        da = _lat_lon_last(da, name)
+        da = _lat_lon_last(da, str(name))
         values = regridder(da.values, what=f"variable {name!r}")
         out[name] = xr.Variable(da.dims, values, attrs={k: v for k, v in da.attrs.items() if _keep_attr(k)})
     coords = {k: v for k, v in ds.coords.items() if "latitude" not in v.dims and "longitude" not in v.dims}
@@ -373,13 +373,13 @@ class _Source:
         self.times = self.canonical["time"].values  # canonicalize keeps the file's time order
         if not self.canonical.data_vars:
             raise SeqvitError(f"{path}: holds no data variables; expected ERA5 fields such as t2m or t")
-        self.mode = {name: self._mode(name) for name in self.canonical.data_vars}
-        first = next(iter(self.canonical.data_vars))
+        self.mode = {str(name): self._mode(str(name)) for name in self.canonical.data_vars}
+        first = str(next(iter(self.canonical.data_vars)))
         if self.mode[first] == "canonical":
             # Canonical order is sorted; the reader restores the file's order, so coordinates are the file's.
             self.file_lat, self.file_lon = (self.raw[_raw_name(self.raw, c)].values for c in ("latitude", "longitude"))
         else:
-            dims = {_canonical_dim(d): d for d in self.raw[first].dims}
+            dims = {_canonical_dim(str(d)): d for d in self.raw[first].dims}
             self.file_lat, self.file_lon = self.raw[dims["latitude"]].values, self.raw[dims["longitude"]].values
 
     def _mode(self, name: str) -> str:
@@ -387,8 +387,8 @@ class _Source:
         dimension) or 'canonical' (read through the canonical view)."""
         if name not in self.raw.data_vars:
             return "canonical"
-        raw_dims = [_canonical_dim(d) for d in self.raw[name].dims]
-        wanted = set(self.canonical[name].dims)
+        raw_dims = [_canonical_dim(str(d)) for d in self.raw[name].dims]
+        wanted = {str(d) for d in self.canonical[name].dims}
         if sorted(raw_dims) == sorted(wanted):
             return "direct"
         if "expver" in raw_dims and sorted(d for d in raw_dims if d != "expver") == sorted(wanted):
@@ -406,7 +406,7 @@ class _Source:
         if mode == "canonical":
             return self._read_canonical(name, start, stop)
         variable = self.raw[name].variable
-        dims = [_canonical_dim(d) for d in variable.dims]
+        dims = [_canonical_dim(str(d)) for d in variable.dims]
         key = tuple(slice(start, stop) if d == "time" else slice(None) for d in dims)
         values = np.asarray(variable[key].values)
         if mode == "expver":
@@ -456,9 +456,9 @@ def _raw_name(ds: xr.Dataset, canonical: str) -> str:
 
 def _check_same_grid(first: _Source, other: _Source) -> None:
     a, b = first.canonical, other.canonical
-    if sorted(a.data_vars) != sorted(b.data_vars):
+    if sorted(map(str, a.data_vars)) != sorted(map(str, b.data_vars)):
         raise SeqvitError(
-            f"{other.path}: variables {sorted(b.data_vars)} differ from {sorted(a.data_vars)} in {first.path}; "
+            f"{other.path}: variables {sorted(map(str, b.data_vars))} differ from {sorted(map(str, a.data_vars))} in {first.path}; "
             "give the files of one variable group only"
         )
     for coord in ("latitude", "longitude", "level"):
@@ -516,10 +516,10 @@ def regrid_files(inputs, output, grid_name: str, method: str, raw_lineage: dict 
     output = Path(output)
     found = [lineage.of_raw(path) if path.exists() else None for path in paths]
     if raw_lineage is not None:
-        for path, made_by in zip(paths, found):
+        for path, recorded in zip(paths, found):
             if path.exists():
-                lineage.check(path, made_by, raw_lineage, "raw file")
-    made_by = None
+                lineage.check(path, recorded, raw_lineage, "raw file")
+    made_by: str | None = None
     if found[0] is not None and all(f == found[0] for f in found):
         made_by = lineage.dumps({**found[0], "grid": grid_name, "regrid_method": method})
 
@@ -548,7 +548,7 @@ def regrid_files(inputs, output, grid_name: str, method: str, raw_lineage: dict 
         owner = np.concatenate([np.full(src.times.size, i) for i, src in enumerate(sources)])
         local = np.concatenate([np.arange(src.times.size) for src in sources])
 
-        variables = {name: _lat_lon_last(da, name) for name, da in first.canonical.data_vars.items()}
+        variables = {str(name): _lat_lon_last(da, str(name)) for name, da in first.canonical.data_vars.items()}
         for name, da in variables.items():
             if da.dims[0] != "time":
                 raise SeqvitError(f"{first.path}: variable {name!r} has dims {da.dims}; expected time first")

@@ -116,7 +116,8 @@ class _Climatology:
         if np.unique(slots).size == slots.size:
             self.sums[:, slots] += by_channel
         else:  # repeated slots (several years in one chunk) need an unbuffered add
-            np.add.at(self.sums, (slice(None), slots), by_channel)
+            # numpy's stub omits the tuple of slices/arrays that ufunc.at accepts as indices
+            np.add.at(self.sums, (slice(None), slots), by_channel)  # type: ignore[arg-type]
         np.add.at(self.counts, slots, 1)
 
     def smoothed(self) -> np.ndarray:
@@ -212,7 +213,7 @@ def compute_stats(cfg: dict, regridded_paths, stats_out=None, clim_out=None) -> 
     wanted = sorted((set(train_years) if stats_out else set()) | (set(clim_years) if clim_out else set()))
 
     moments = _Moments(len(channels))
-    climatology = None
+    climatology: _Climatology | None = None
     grid = None
     for year in wanted:  # one year at a time keeps memory to one year of fields
         files = [path for path, years in years_by_file.items() if year in years]
@@ -238,6 +239,8 @@ def compute_stats(cfg: dict, regridded_paths, stats_out=None, clim_out=None) -> 
             if stats_out and year in train_years:
                 moments.update(chunk)
             if clim_out and year in clim_years:
+                if climatology is None:  # created with the grid, from the first year read
+                    raise RuntimeError("compute_stats: no climatology accumulator before the first chunk")
                 climatology.update(times[start : start + step], chunk)
 
     if stats_out:

@@ -498,8 +498,9 @@ class _State:
     temperature: np.ndarray  # C coefficients, [850, 500]
     surface: np.ndarray  # 2 m temperature without the diurnal cycle, on the grid (lat ascending)
     forcing: np.ndarray  # S coefficients of the red-noise vorticity forcing
-    jet_vorticity: np.ndarray = field(default=None)  # S coefficients of the relaxation target
-    temperature_eq: np.ndarray = field(default=None)  # C coefficients, [850, 500]
+    # set by the first seasonal update
+    jet_vorticity: np.ndarray | None = field(default=None)  # S coefficients of the relaxation target
+    temperature_eq: np.ndarray | None = field(default=None)  # C coefficients, [850, 500]
 
 
 class _Atmosphere:
@@ -560,7 +561,7 @@ class _Atmosphere:
         self._cosine_buffer = np.zeros((5, ch.nlat, columns), dtype=COMPLEX)
         self._sine_buffer = np.zeros((4, ch.nlat - 2, columns), dtype=COMPLEX)
 
-        self._last_day = None
+        self._last_day: tuple[int, int] | None = None
         self.state = _State(
             vorticity=np.zeros(ch.k2_s.shape, dtype=COMPLEX),
             temperature=np.zeros((2,) + ch.k2_c.shape, dtype=COMPLEX),
@@ -850,7 +851,7 @@ def _dataset(
                 "standard_name": "air_pressure",
             },
         )
-        dims = ("valid_time", "pressure_level", "latitude", "longitude")
+        dims: tuple[str, ...] = ("valid_time", "pressure_level", "latitude", "longitude")
     else:
         dims = ("valid_time", "latitude", "longitude")
     grid_attrs = {
@@ -884,7 +885,7 @@ def _encoding(ds: xr.Dataset) -> dict:
     for name in ds.data_vars:
         # uncompressed: zlib (level 1) saves a third of the demo's 1.75 GB but adds ~0.5 s a file,
         # half as much again as generating the data
-        encoding[name] = {"dtype": "float32"}
+        encoding[str(name)] = {"dtype": "float32"}
     return encoding
 
 

@@ -26,6 +26,7 @@ from seqvit.data.grids import latitude_weights
 from seqvit.data.stats import channel_stats
 from seqvit.errors import SeqvitError
 from seqvit.io import atomic_path
+from seqvit.patches import check_patch_size
 
 # Times per shard file: few files per store (about 100 for 4 years 6-hourly).
 TIME_SHARD = 64
@@ -34,15 +35,6 @@ TIME_SHARD = 64
 SP_SEGMENTS = 8
 # Store attribute: a new random id each time a store is written.
 STORE_ID = "seqvit_store_id"
-
-
-def check_patch_size(grid_shape, patch_size: int) -> None:
-    height, width = (int(n) for n in grid_shape)
-    if patch_size < 1 or height % patch_size or width % patch_size:
-        raise SeqvitError(
-            f"config key tokenize.patch_sizes: patch size {patch_size} does not divide the grid "
-            f"shape {height} x {width} (latitude x longitude); choose a common divisor of both"
-        )
 
 
 def _permute(array, order):
@@ -171,7 +163,8 @@ def store_identity(path) -> tuple[dict | None, str | None]:
     """(lineage, store id) of a tokens store."""
     check_tokens_store(path)
     attrs = zarr.open_group(str(path), mode="r").attrs
-    return lineage.parse(attrs.get(lineage.ATTR)), attrs.get(STORE_ID)
+    store_id = attrs.get(STORE_ID)  # a JSON value; tokenize writes a hex string
+    return lineage.parse(attrs.get(lineage.ATTR)), None if store_id is None else str(store_id)
 
 
 def open_tokens(path) -> xr.Dataset:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import time as wallclock
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -28,6 +29,9 @@ from seqvit.data.grids import latitude_weights
 from seqvit.data.stats import channel_stats, climatology_at, load_climatology
 from seqvit.errors import SeqvitError
 from seqvit.io import atomic_path
+
+if TYPE_CHECKING:  # imported where used: scikit-learn is slow to import
+    from sklearn.linear_model import Ridge
 
 BASELINES = ("climatology", "persistence", "linear")
 
@@ -142,7 +146,7 @@ class LinearTendency:
                 "config key evaluate.linear.relative_alphas must list positive numbers, e.g. [0.001, 0.1, 10]"
             )
         self.seed = seed
-        self.models: dict[int, object] = {}
+        self.models: dict[int, tuple[int, Ridge]] = {}  # lead -> (PCA components, fitted model)
         self.choices: dict[int, dict] = {}
 
     def fit(self, state, times, target_index, lat, lead_hours, train_mask, val_mask):

@@ -120,19 +120,32 @@ def mean_rmse_per_time(mse_per_time, dim="time"):
     return time_mean(np.sqrt(mse_per_time), dim)
 
 
+def per_time_scores(forecast, truth, climatology, lat=None) -> dict:
+    """The per-time series every score reduces: weighted MSE, bias and ACC (one value per time)."""
+    return {
+        "mse": weighted_mse(forecast, truth, lat),
+        "bias": weighted_bias(forecast, truth, lat),
+        "acc": acc_per_time(forecast, truth, climatology, lat),
+    }
+
+
+def reduce_scores(series: dict, dim="time") -> dict:
+    """Scores over `dim` from per_time_scores: mse, rmse (of the mean MSE), rmse_mean_per_time, bias, acc."""
+    mse_t = series["mse"]
+    return {
+        "mse": time_mean(mse_t, dim),
+        "rmse": rmse(mse_t, dim),
+        "rmse_mean_per_time": mean_rmse_per_time(mse_t, dim),
+        "bias": time_mean(series["bias"], dim),
+        "acc": time_mean(series["acc"], dim),
+    }
+
+
 def summarize(forecast, truth, climatology, lat=None, dim="time") -> dict:
     """All scores for one forecast, reduced over `dim`: mse, rmse, rmse_mean_per_time, bias, acc, n_times."""
-    mse_t = weighted_mse(forecast, truth, lat)
     n_times = (
         forecast.sizes[dim]
         if isinstance(forecast, xr.DataArray)
         else np.shape(forecast)[0 if isinstance(dim, str) else dim]
     )
-    return {
-        "mse": time_mean(mse_t, dim),
-        "rmse": rmse(mse_t, dim),
-        "rmse_mean_per_time": mean_rmse_per_time(mse_t, dim),
-        "bias": time_mean(weighted_bias(forecast, truth, lat), dim),
-        "acc": time_mean(acc_per_time(forecast, truth, climatology, lat), dim),
-        "n_times": n_times,
-    }
+    return {**reduce_scores(per_time_scores(forecast, truth, climatology, lat), dim), "n_times": n_times}

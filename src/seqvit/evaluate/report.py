@@ -52,7 +52,7 @@ def _open_prediction(name: str, path: Path) -> xr.DataArray:
     ds = xr.open_dataset(path)
     if "forecast" not in ds:
         raise SeqvitError(
-            f"{path}: no variable 'forecast' (has {sorted(ds.data_vars)}); rewrite it with the predict stage"
+            f"{path}: no variable 'forecast' (has {sorted(map(str, ds.data_vars))}); rewrite it with the predict stage"
         )
     forecast = ds["forecast"]
     if tuple(forecast.dims) != PREDICTION_DIMS:
@@ -204,17 +204,10 @@ def evaluate(
             for lead in leads:
                 truth, clim_at_valid = per_lead[lead]
                 forecast = forecasts[name].sel(lead_hours=lead, drop=True).load().assign_coords(on_grid)
-                mse_t = metrics.weighted_mse(forecast, truth)
-                bias_t = metrics.weighted_bias(forecast, truth)
-                acc_t = metrics.acc_per_time(forecast, truth, clim_at_valid)
-                per_time[name, lead] = xr.Dataset({"mse": mse_t, "bias": bias_t, "acc": acc_t})
-                scores = {
-                    "rmse": metrics.rmse(mse_t),
-                    "acc": metrics.time_mean(acc_t),
-                    "bias": metrics.time_mean(bias_t),
-                    "mse": metrics.time_mean(mse_t),
-                    "rmse_mean_per_time": metrics.mean_rmse_per_time(mse_t),
-                }
+                series = metrics.per_time_scores(forecast, truth, clim_at_valid)
+                per_time[name, lead] = xr.Dataset(series)
+                scores = metrics.reduce_scores(series)
+                mse_t = series["mse"]
                 for channel in channels:
                     rows.append(
                         {

@@ -27,9 +27,9 @@ import torch
 import torch.utils.checkpoint
 from torch import nn
 
-from seqvit.data.tokenize import check_patch_size
 from seqvit.errors import SeqvitError
 from seqvit.parallel.attention import attention
+from seqvit.patches import check_patch_size
 
 
 def sincos_position_embedding(grid_rows: int, grid_cols: int, dim: int) -> torch.Tensor:
@@ -130,6 +130,8 @@ class Block(nn.Module):
 
 
 class ForecastViT(nn.Module):
+    position_embedding: torch.Tensor  # a buffer (register_buffer); nn.Module's __getattr__ types it Tensor | Module
+
     def __init__(
         self,
         channels: int,

@@ -79,6 +79,7 @@ def sequence_parallel_attention(
     method: str, group, num_tokens: int, num_heads: int, kernel: str = "sdpa", uneven: str = "error"
 ) -> SequenceParallelAttention:
     """The attention backend for config key parallel.sp_method (ulysses, lss, deepspeed-ulysses)."""
+    cls: type[SequenceParallelAttention]
     if method == "ulysses":
         from seqvit.parallel.ulysses import UlyssesAttention as cls
     elif method == "lss":

@@ -61,7 +61,8 @@ def spawn(fn, world: int, *args, backend: str = "gloo", threads: int = 1, timeou
     ]
     for proc in procs:
         proc.start()
-    values, deadline = {}, time.monotonic() + timeout_s
+    values: dict[int, object] = {}  # rank -> what fn returned there
+    deadline = time.monotonic() + timeout_s
     try:
         while len(values) < world:
             try:

@@ -419,7 +419,7 @@ def _crate(cfg, layout, config_paths, jobs, env, written_tables, crate_dir: Path
         rel = _rel(abs_path, final_dir)
         if rel in files:
             return files[rel]
-        props = {"name": path_str}
+        props: dict[str, str | None] = {"name": path_str}  # dateModified: None for a zero mtime
         if abs_path.exists():
             digest, size = sha256_path(abs_path)
             props.update(sha256=digest, contentSize=str(size))
@@ -593,13 +593,13 @@ def _crate(cfg, layout, config_paths, jobs, env, written_tables, crate_dir: Path
         }
         if bench:
             extra.update({f"benchmark_{k}": v for k, v in bench.items()})
-        for k, v in extra.items():
+        for key, v in extra.items():
             if v is None:
                 continue
             params.append(
                 crate.add(
                     ContextEntity(
-                        crate, f"#job-{i}-{k}", properties={"@type": "PropertyValue", "name": k, "value": str(v)}
+                        crate, f"#job-{i}-{key}", properties={"@type": "PropertyValue", "name": key, "value": str(v)}
                     )
                 )
             )

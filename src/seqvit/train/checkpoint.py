@@ -32,6 +32,7 @@ import shutil
 import signal
 import zipfile
 from pathlib import Path
+from typing import TypeGuard
 
 import numpy as np
 import torch
@@ -98,7 +99,8 @@ COMPLETE = "complete.json"
 
 
 def _step(tag: str) -> int:
-    return int(_TAG.fullmatch(tag).group(1)) if _TAG.fullmatch(tag) else -1
+    match = _TAG.fullmatch(tag)
+    return int(match.group(1)) if match else -1
 
 
 def _whole_torch_file(path: Path) -> bool:
@@ -149,7 +151,7 @@ class Checkpoints:
         path = self.dir / "latest"
         return path.read_text().strip() if path.is_file() else None
 
-    def _is_folder(self, tag: str | None) -> bool:
+    def _is_folder(self, tag: str | None) -> TypeGuard[str]:
         return tag is not None and _TAG.fullmatch(tag) is not None and (self.dir / tag).is_dir()
 
     def _tags(self) -> list[str]:
@@ -296,7 +298,7 @@ class Checkpoints:
         """Every rank's problem with the same checkpoint, on every rank."""
         if not self.distributed:
             return [problem] if problem else []
-        found = [None] * dist.get_world_size()
+        found: list[str | None] = [None] * dist.get_world_size()
         dist.all_gather_object(found, problem)
         return [p for p in found if p]
 

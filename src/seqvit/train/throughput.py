@@ -218,7 +218,7 @@ def peak_tflops(train_cfg: dict, device, dtype) -> tuple[float, str]:
     key = _dtype_key(dtype)
     configured = train_cfg.get("peak_tflops")
     if configured is not None:
-        if isinstance(configured, bool) or not isinstance(configured, numbers.Real) or not configured > 0:
+        if isinstance(configured, bool) or not isinstance(configured, numbers.Real) or not float(configured) > 0:
             raise SeqvitError(
                 f"config key train.peak_tflops: {configured!r} must be a positive number (dense TFLOP/s of one device)"
             )

@@ -32,6 +32,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import xarray as xr
@@ -82,7 +83,7 @@ def retry_settings(cfg: dict) -> RetrySettings:
 
     schema = load_schema()["properties"]["source"]["properties"]["retry"]["properties"]
     raw = (cfg.get("source") or {}).get("retry") or {}
-    values = {}
+    values: dict[str, Any] = {}  # int or float, as the schema types each key
     for key, spec in schema.items():
         value = raw.get(key, spec["default"])
         wanted = int if spec["type"] == "integer" else float
@@ -288,8 +289,8 @@ class CdsSource:
         final = request.path(self.raw_dir)
         final.parent.mkdir(parents=True, exist_ok=True)
         pending = state.PendingJobs(request, self.raw_dir)
-        with tempfile.TemporaryDirectory(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent) as work:
-            work = Path(work)
+        with tempfile.TemporaryDirectory(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent) as tmp:
+            work = Path(tmp)
             parts = self._fetch_parts(request, work, pending)
             if len(parts) == 1:
                 candidate, summary = parts[0]["path"], parts[0].pop("summary")

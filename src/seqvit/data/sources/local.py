@@ -105,8 +105,8 @@ class LocalSource:
         times = request.times()
         final = request.path(self.raw_dir)
         final.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent) as work:
-            work = Path(work)
+        with tempfile.TemporaryDirectory(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent) as tmp:
+            work = Path(tmp)
             opened, pieces = [], []
             owner: dict[tuple[str, np.datetime64], Path] = {}
             try:
@@ -197,7 +197,7 @@ def _describe(path: Path) -> dict:
                 levels = [int(v) for v in member[level_name].values] if level_name else []
                 for name, da in member.data_vars.items():
                     if {"latitude", "longitude"} <= set(da.dims) or {"lat", "lon"} <= set(da.dims):
-                        variables[name] = sorted(set(variables.get(name, [])) | set(levels))
+                        variables[str(name)] = sorted(set(variables.get(str(name), [])) | set(levels))
                 stamps = np.asarray(member[time_name].values).astype("datetime64[ns]").ravel()
                 months |= set(pd.DatetimeIndex(stamps[~np.isnat(stamps)]).strftime("%Y-%m"))
         finally:

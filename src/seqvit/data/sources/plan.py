@@ -128,7 +128,8 @@ class Request:
 
     def cds_request(self) -> dict:
         """The request as the CDS retrieve API takes it (lists of strings)."""
-        request = {
+        # area and grid are lists of numbers
+        request: dict[str, str | list[str] | list[float | int]] = {
             "product_type": ["reanalysis"],
             "variable": [lookup(self.group, name).cds for name in self.variables],
             "year": [f"{self.year}"],

@@ -97,7 +97,7 @@ def target_lock(request, raw_dir):
 
 def remove_stale_temporaries(final: Path) -> list[Path]:
     """Delete what a killed run left beside `final` (only call while holding its lock)."""
-    removed = []
+    removed: list[Path] = []
     if not final.parent.exists():
         return removed
     for leftover in final.parent.glob(f".{final.name}.*.tmp"):

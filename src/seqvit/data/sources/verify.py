@@ -97,7 +97,9 @@ def _verify_open(ds: xr.Dataset, expected: Expectation, where: str) -> dict:
         raise VerificationError(str(exc)) from exc
     missing = [name for name in expected.variables if name not in canonical.data_vars]
     if missing:
-        raise VerificationError(f"{where}: holds no variable {_few(missing)} (has {sorted(canonical.data_vars)})")
+        raise VerificationError(
+            f"{where}: holds no variable {_few(missing)} (has {sorted(map(str, canonical.data_vars))})"
+        )
     for name in expected.variables:
         has_level = "level" in canonical[name].dims
         if has_level != bool(expected.levels):
@@ -106,11 +108,12 @@ def _verify_open(ds: xr.Dataset, expected: Expectation, where: str) -> dict:
             )
     if expected.levels:
         found = set(int(v) for v in canonical["level"].values)
-        lacking = sorted(set(expected.levels) - found)
-        extra = sorted(found - set(expected.levels))
-        if lacking or extra:
+        lacking_levels = sorted(set(expected.levels) - found)
+        extra_levels = sorted(found - set(expected.levels))
+        if lacking_levels or extra_levels:
             raise VerificationError(
-                f"{where}: pressure levels differ from the request (missing {lacking} hPa, unexpected {extra} hPa)"
+                f"{where}: pressure levels differ from the request (missing {lacking_levels} hPa, "
+                f"unexpected {extra_levels} hPa)"
             )
 
     times = canonical["time"].values.astype("datetime64[ns]")

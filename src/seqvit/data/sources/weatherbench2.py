@@ -41,7 +41,7 @@ class WeatherBench2Source:
         self.names = dict(source.get("variable_names") or {})
         self.raw_dir = Path(raw_dir)
         self.log = log
-        self._ds = None
+        self._ds: xr.Dataset | None = None
 
     def open(self) -> xr.Dataset:
         if self._ds is not None:
@@ -82,7 +82,7 @@ class WeatherBench2Source:
         absent = [f"{store_name} ({short})" for short, store_name in names.items() if store_name not in ds.data_vars]
         if absent:
             raise SeqvitError(
-                f"{self.store}: holds no variable {', '.join(absent)}; it has {sorted(ds.data_vars)} "
+                f"{self.store}: holds no variable {', '.join(absent)}; it has {sorted(map(str, ds.data_vars))} "
                 "(map names with source.variable_names)"
             )
         want = request.times()

@@ -81,7 +81,7 @@ def write_cds_netcdf(
                 raise SeqvitError(f"{path}: the parts to combine hold different pressure levels")
             levels = piece_levels
         for name, da in piece.data_vars.items():
-            variables.setdefault(name, {"attrs": dict(da.attrs), "level": "level" in da.dims})
+            variables.setdefault(str(name), {"attrs": dict(da.attrs), "level": "level" in da.dims})
     times = np.unique(np.concatenate([piece["time"].values.astype("datetime64[ns]") for piece in pieces]))
     seconds = times.astype("datetime64[s]")
     if not np.array_equal(seconds.astype("datetime64[ns]"), times):
