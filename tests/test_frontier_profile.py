@@ -215,3 +215,40 @@ def test_make_frontier_profile_refuses_a_real_folder_or_file(tmp_path, kind):
     assert not link.is_symlink()
     if kind == "folder":
         assert sorted(p.name for p in link.iterdir()) == ["config.yaml"]  # no frontier/frontier link
+
+
+def test_dry_run_refuses_a_run_that_does_not_fit_before_anything_is_submitted(tmp_path):
+    """The corrected sweep is accepted (the test above); without the p=1 run's micro-batching it is not."""
+    overlay = tmp_path / "no-accumulation.yaml"
+    overlay.write_text(yaml.safe_dump({"parallel": {"runs": {1: {"sp": 64, "dp": 1, "grad_accumulation": 1}}}}))
+    env = {**os.environ, "PATH": path_without_slurm(tmp_path), "SEQVIT_SLURM_ACCOUNT": "CLI000"}
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "-s",
+        str(ROOT / "Snakefile"),
+        "--directory",
+        str(tmp_path / "work"),
+        "--profile",
+        str(ROOT / "profiles" / "frontier"),
+        "--configfile",
+        str(SEQSCALE),
+        str(overlay),
+        "-n",
+    ]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "nothing was submitted" in out, out[-3000:]
+    assert re.search(r"run p=1 .* does not fit: predicted peak [\d.]+ GB per rank, capacity 64\.0 GB", out), out[-3000:]
+    assert "grad_accumulation" in out and "Traceback" not in out
+
+
+def test_a_run_entry_sets_that_runs_sp_dp_and_accumulation_only():
+    from seqvit.train.slurm import run_config
+
+    cfg = load_config(SEQSCALE)
+    one, two = run_config(cfg, 1), run_config(cfg, 2)
+    assert (one["parallel"]["sp"], one["parallel"]["dp"], one["train"]["grad_accumulation"]) == (64, 1, 4)
+    assert (two["parallel"]["sp"], two["parallel"]["dp"], two["train"]["grad_accumulation"]) == (16, 2, 1)
+    assert cfg["train"]["grad_accumulation"] == 1  # the config itself is left as it was

@@ -28,8 +28,12 @@ def _cfg(path, *overrides):
     return load_configs([path], list(overrides))
 
 
-def test_issue_figure_lss_patch1_gathers_68_gb_and_does_not_fit(capsys):
-    cfg = _cfg(FRONTIER)
+def test_issue_figure_lss_patch1_gathers_68_gb_and_does_not_fit(capsys, tmp_path):
+    # the sweep as it was first written: the p=1 run without micro-batching
+    overlay = tmp_path / "no-accumulation.yaml"
+    overlay.write_text("parallel:\n  runs:\n    1: {sp: 64, dp: 1, grad_accumulation: 1}\n")
+    cfg = load_configs([FRONTIER, overlay])
+    assert not plan_run(run_shape(cfg, 1), load_machine("frontier")).fits
     shape = run_shape(cfg, 1)
     # 720 x 1440 cells at patch 1, sp=64 x dp=1, batch 16 on one replica, no accumulation
     assert (shape.tokens, shape.sp, shape.dp, shape.micro_batch) == (1_036_800, 64, 1, 16)
@@ -42,7 +46,7 @@ def test_issue_figure_lss_patch1_gathers_68_gb_and_does_not_fit(capsys):
     assert plan.memory["attention working set"] == 16 * 2 * (16_200 * 1024) + gathered_kv
     assert plan.capacity == 64e9 and not plan.fits and plan.peak > 3 * gathered_kv
 
-    code = _plan_cli("--config", str(FRONTIER), "--machine", "frontier", "--patch-size", "1")
+    code = _plan_cli("--config", str(FRONTIER), "--config", str(overlay), "--machine", "frontier", "--patch-size", "1")
     err = capsys.readouterr().err
     assert code == 1
     (line,) = err.strip().splitlines()
@@ -52,10 +56,12 @@ def test_issue_figure_lss_patch1_gathers_68_gb_and_does_not_fit(capsys):
     assert "cheapest fix: --set train.grad_accumulation=" in line
 
 
-def test_frontier_runs_up_to_patch2_fit():
+def test_every_run_of_the_corrected_frontier_sweep_fits():
     cfg = _cfg(FRONTIER)
     machine = load_machine("frontier")
-    for p in (24, 16, 8, 4, 2):
+    assert cfg["parallel"]["runs"][1]["grad_accumulation"] == 4  # micro-batch 4 on the p=1 run
+    assert run_shape(cfg, 1).micro_batch == 4
+    for p in (24, 16, 8, 4, 2, 1):
         plan = plan_run(run_shape(cfg, p), machine)
         assert plan.fits, (p, plan.peak)
 

@@ -77,3 +77,13 @@ _defaults = workflow.resource_settings.default_resources or {}
 if "slurm_account" in _defaults:
     _account = _defaults["slurm_account"]
     check_slurm_account(getattr(_account, "raw", _account))  # raw: the text, unexpanded
+
+    # A run that does not fit its machine would die after hours in the queue: refuse it now,
+    # in dry runs too (seqvit plan; the machine file named by the config key `machine`).
+    from seqvit.errors import SeqvitError
+    from seqvit.plan import refuse_misfits
+
+    try:
+        refuse_misfits(config)
+    except SeqvitError as _error:
+        raise SystemExit(f"Configuration error, nothing was submitted:\n{_error}")

@@ -2,7 +2,7 @@
 
 from seqvit.plan.estimate import Plan, RunShape, cheapest_fix, parameter_count, plan_run, run_shape
 from seqvit.plan.machine import Machine, load_machine
-from seqvit.plan.report import format_plan, misfit_line, plan_config, summary_row
+from seqvit.plan.report import format_plan, misfit_line, plan_config, refuse_misfits, summary_row
 
 __all__ = [
     "Machine",
@@ -15,6 +15,7 @@ __all__ = [
     "parameter_count",
     "plan_config",
     "plan_run",
+    "refuse_misfits",
     "run_shape",
     "summary_row",
 ]

@@ -65,3 +65,13 @@ def misfit_line(plan: Plan) -> str:
         return head + "; no change tried fits (checkpointing, accumulation, ZeRO, sp, dp): use a smaller model"
     change, fixed = fix
     return head + f"; cheapest fix: {change} (peak {fixed.peak / GB:.1f} GB, step {fixed.step_seconds:.2f} s)"
+
+
+def refuse_misfits(cfg: dict) -> None:
+    """Raise SeqvitError naming every training run of `cfg` that does not fit its machine, with the fix."""
+    from seqvit.errors import SeqvitError
+
+    misfits = [plan for plan in plan_config(cfg) if not plan.fits]
+    if misfits:
+        lines = "\n".join(misfit_line(plan) for plan in misfits)
+        raise SeqvitError(f"{lines}\n(seqvit plan --config ... prints the whole estimate; set the fix in the config)")

@@ -43,7 +43,7 @@ from seqvit.parallel.attention import check_backend
 from seqvit.parallel.shard import Shard
 from seqvit.train import throughput
 from seqvit.train.checkpoint import Checkpoints, StopRequest, TrainingInterrupted
-from seqvit.train.slurm import run_parallelism
+from seqvit.train.slurm import run_config, run_parallelism
 
 log = logging.getLogger(__name__)
 
@@ -240,6 +240,7 @@ def train(
     over several jobs); the next call resumes. A SIGTERM or SIGUSR1 does the same and raises
     TrainingInterrupted.
     """
+    cfg = run_config(cfg, patch_size)  # this run's parallel.runs entry (sp, dp, grad_accumulation)
     tcfg = cfg["train"]
     device = _device(tcfg)
     deepspeed = _import_deepspeed(device)

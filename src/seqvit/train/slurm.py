@@ -31,6 +31,21 @@ def run_parallelism(cfg: dict, patch_size: int) -> tuple[int, int]:
     return sp, dp
 
 
+def run_config(cfg: dict, patch_size: int) -> dict:
+    """The config one run trains with: its parallel.runs entry applied (sp, dp, grad_accumulation)."""
+    pcfg = cfg.get("parallel") or {}
+    run = (pcfg.get("runs") or {}).get(patch_size) or (pcfg.get("runs") or {}).get(str(patch_size)) or {}
+    if not run:
+        return cfg
+    out = {**cfg, "parallel": {**pcfg}, "train": {**cfg["train"]}}
+    for key in ("sp", "dp"):
+        if key in run:
+            out["parallel"][key] = run[key]
+    if "grad_accumulation" in run:
+        out["train"]["grad_accumulation"] = run["grad_accumulation"]
+    return out
+
+
 def job_layout(cfg: dict, patch_size: int) -> dict:
     """Tasks, nodes, partition, QoS and minutes of the training job for one patch size."""
     sp, dp = run_parallelism(cfg, patch_size)
