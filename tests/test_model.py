@@ -126,3 +126,26 @@ def test_forecastvit_is_an_nn_module_with_expected_parameter_count():
     model = ForecastViT(channels=9, patch_size=4, grid_shape=(32, 64), embed_dim=128, depth=4, num_heads=4)
     n = sum(p.numel() for p in model.parameters())
     assert 0.5e6 < n < 2e6
+
+
+def test_weight_decay_spares_biases_norms_and_embedding_tables():
+    from seqvit.model.vit import build_model
+
+    model = build_model({"embed_dim": 16, "depth": 1, "num_heads": 2, "mlp_ratio": 2}, 3, 4, (8, 16))
+    decay, spared = model.weight_decay_groups(0.05)
+    names = {id(p): n for n, p in model.named_parameters()}
+    decayed = {names[id(p)] for p in decay["params"]}
+    assert decay["weight_decay"] == 0.05 and spared["weight_decay"] == 0.0
+    assert {"blocks.0.qkv.weight", "blocks.0.proj.weight", "head.weight", "patch_embedding.weight"} <= decayed
+    assert not {"channel_embedding", "aggregation.query", "blocks.0.norm1.weight", "head.bias"} & decayed
+    assert len(decay["params"]) + len(spared["params"]) == len(list(model.parameters()))
+    # a step with zero gradients leaves the spared parameters as they are and shrinks the others
+    optimizer = torch.optim.AdamW(model.weight_decay_groups(0.5), lr=0.1)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    optimizer.step()
+    after = dict(model.named_parameters())
+    assert torch.equal(after["blocks.0.norm1.weight"], before["blocks.0.norm1.weight"])
+    assert torch.equal(after["channel_embedding"], before["channel_embedding"])
+    assert torch.allclose(after["blocks.0.qkv.weight"], before["blocks.0.qkv.weight"] * (1 - 0.1 * 0.5))

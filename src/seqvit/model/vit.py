@@ -207,6 +207,18 @@ class ForecastViT(nn.Module):
         x = x + self.position_embedding[token_offset : token_offset + local_tokens][None].to(x.dtype)
         return x + self.lead_embedding(lead_hours)
 
+    # Learned tables and queries: shrinking them towards zero only erases what tells channels apart.
+    EMBEDDING_TABLES = ("channel_embedding", "aggregation.query")
+
+    def weight_decay_groups(self, weight_decay: float) -> list[dict]:
+        """AdamW parameter groups: weight decay on the matrices of linear maps only; none on biases,
+        norms and embedding tables (as ClimaX and nanoGPT do)."""
+        decay, no_decay = [], []
+        for name, param in self.named_parameters():
+            exempt = param.ndim < 2 or name in self.EMBEDDING_TABLES
+            (no_decay if exempt else decay).append(param)
+        return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
     def forward(self, tokens, lead_hours, token_offset: int = 0):
         """Normalized tendency [B, C, L_local, P*P] for input tokens [B, C, L_local, P*P]."""
         x = self.embed(tokens, lead_hours, token_offset)

@@ -308,7 +308,7 @@ def _train(
     total_steps = int(tcfg["steps"])
     warmup = int(tcfg.get("warmup_steps", 0))
     optimizer = torch.optim.AdamW(
-        model.parameters(), lr=float(tcfg["lr"]), weight_decay=float(tcfg.get("weight_decay", 0.0)), betas=(0.9, 0.95)
+        model.weight_decay_groups(float(tcfg["weight_decay"])), lr=float(tcfg["lr"]), betas=(0.9, 0.95)
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, warmup, total_steps))
     ds_config = deepspeed_config(tcfg, shard.local_batch)
