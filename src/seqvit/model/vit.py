@@ -213,7 +213,8 @@ class ForecastViT(nn.Module):
     def weight_decay_groups(self, weight_decay: float) -> list[dict]:
         """AdamW parameter groups: weight decay on the matrices of linear maps only; none on biases,
         norms and embedding tables (as ClimaX and nanoGPT do)."""
-        decay, no_decay = [], []
+        decay: list[nn.Parameter] = []
+        no_decay: list[nn.Parameter] = []
         for name, param in self.named_parameters():
             exempt = param.ndim < 2 or name in self.EMBEDDING_TABLES
             (no_decay if exempt else decay).append(param)
