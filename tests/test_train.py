@@ -1,5 +1,6 @@
 import copy
 import csv
+import json
 import os
 import shutil
 import signal
@@ -161,6 +162,25 @@ def test_resume_refuses_a_checkpoint_of_other_settings(store, tmp_path):
     harmless = copy.deepcopy(CFG)
     harmless["train"]["val_every"] = 4  # bookkeeping only: resuming is fine
     assert train(harmless, tokens_path, run, P, progress=False).exists()
+
+
+def test_a_checkpoint_of_other_training_code_is_not_resumed(store, tmp_path, monkeypatch, caplog):
+    """An edit of the training code reruns training in the workflow: the old code's final
+    checkpoint must be set aside, not resumed (it may not even load)."""
+    import logging
+
+    from seqvit.train import engine
+
+    tokens_path, _ = store
+    run = tmp_path / "run"
+    train(CFG, tokens_path, run, P, progress=False)
+    monkeypatch.setattr(engine, "stage_hash", lambda *modules: "edited-code")
+    with pytest.raises(SeqvitError, match=r"other settings \(code: "):
+        train(CFG, tokens_path, run, P, progress=False)
+    with caplog.at_level(logging.INFO):
+        assert train(CFG, tokens_path, run, P, progress=False, restart_if_changed=True).exists()
+    assert (run / "checkpoints.previous").is_dir() and "resumed from step" not in caplog.text
+    assert json.loads((run / "checkpoints" / "run.json").read_text())["code"] == "edited-code"
 
 
 def _losses(run):

@@ -41,6 +41,7 @@ from seqvit.model.vit import build_model
 from seqvit.parallel import groups
 from seqvit.parallel.attention import check_backend
 from seqvit.parallel.shard import Shard
+from seqvit.provenance.code import stage_hash
 from seqvit.train import throughput
 from seqvit.train.checkpoint import Checkpoints, StopRequest, TrainingInterrupted
 from seqvit.train.slurm import run_config, run_parallelism
@@ -79,6 +80,9 @@ def run_settings(cfg: dict, tokens_path, patch_size: int, channels, layout) -> d
         "world_size": layout.world_size,
         "sp": layout.sp,
         "tokens": {"lineage": made_by, "store_id": store_id},
+        # the code that trains: after an edit (the workflow retrains then) a checkpoint of the old
+        # code is not resumed; it may not even load (other parameter groups, other modules)
+        "code": stage_hash("train.engine", "train.slurm"),
     }
 
 
