@@ -34,6 +34,7 @@ CFG = {
         "batch_size": 4,
         "steps": 2,
         "lr": 0.003,
+        "weight_decay": 0.05,
         "warmup_steps": 1,
         "val_every": 2,
         "checkpoint_every": 2,
