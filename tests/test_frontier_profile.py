@@ -35,8 +35,8 @@ def path_without_slurm(tmp_path) -> str:
     return f"{Path(sys.executable).parent}{os.pathsep}{bin_dir}"
 
 
-def test_dry_run_without_slurm_shows_each_training_job(tmp_path):
-    env = {**os.environ, "PATH": path_without_slurm(tmp_path), "SEQVIT_SLURM_ACCOUNT": "CLI000"}
+def frontier_snakemake(tmp_path, *configfiles, dry_run=True) -> list[str]:
+    """The Snakemake command a user runs with the Frontier profile, in a work folder under tmp_path."""
     cmd = [
         sys.executable,
         "-m",
@@ -48,9 +48,14 @@ def test_dry_run_without_slurm_shows_each_training_job(tmp_path):
         "--profile",
         str(ROOT / "profiles" / "frontier"),
         "--configfile",
-        str(SEQSCALE),
-        "-n",
+        *map(str, configfiles or [SEQSCALE]),
     ]
+    return cmd + ["-n"] if dry_run else cmd
+
+
+def test_dry_run_without_slurm_shows_each_training_job(tmp_path):
+    env = {**os.environ, "PATH": path_without_slurm(tmp_path), "SEQVIT_SLURM_ACCOUNT": "CLI000"}
+    cmd = frontier_snakemake(tmp_path)
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     jobs = {
@@ -154,19 +159,7 @@ def test_unset_account_stops_the_workflow_before_anything_is_submitted(tmp_path)
         script.chmod(0o755)
     env = {k: v for k, v in os.environ.items() if k != "SEQVIT_SLURM_ACCOUNT"}
     env["PATH"] = f"{fake}{os.pathsep}{path_without_slurm(tmp_path)}"
-    cmd = [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "-s",
-        str(ROOT / "Snakefile"),
-        "--directory",
-        str(tmp_path / "work"),
-        "--profile",
-        str(ROOT / "profiles" / "frontier"),
-        "--configfile",
-        str(SEQSCALE),
-    ]  # a real run, not -n
+    cmd = frontier_snakemake(tmp_path, dry_run=False)  # a real run, not -n
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0, out[-3000:]
@@ -222,21 +215,7 @@ def test_dry_run_refuses_a_run_that_does_not_fit_before_anything_is_submitted(tm
     overlay = tmp_path / "no-accumulation.yaml"
     overlay.write_text(yaml.safe_dump({"parallel": {"runs": {1: {"sp": 64, "dp": 1, "grad_accumulation": 1}}}}))
     env = {**os.environ, "PATH": path_without_slurm(tmp_path), "SEQVIT_SLURM_ACCOUNT": "CLI000"}
-    cmd = [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "-s",
-        str(ROOT / "Snakefile"),
-        "--directory",
-        str(tmp_path / "work"),
-        "--profile",
-        str(ROOT / "profiles" / "frontier"),
-        "--configfile",
-        str(SEQSCALE),
-        str(overlay),
-        "-n",
-    ]
+    cmd = frontier_snakemake(tmp_path, SEQSCALE, overlay)
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0 and "nothing was submitted" in out, out[-3000:]

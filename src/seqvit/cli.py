@@ -173,10 +173,9 @@ def cmd_paths(args):
     from seqvit.layout import Layout
 
     lay = Layout(_config(args))
-    if args.results:
-        print(lay.root)
-        return
     print(lay.root)
+    if args.results:
+        return
     for name in lay.model_names() + lay.baseline_names():
         print(lay.prediction(name))
     print(lay.eval_dir / "metrics.csv")

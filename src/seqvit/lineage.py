@@ -54,19 +54,19 @@ def regridded(cfg: dict) -> dict:
     }
 
 
-def _channels(cfg: dict) -> list[str]:
-    return channel_names(cfg)
-
-
 def stats(cfg: dict) -> dict:
-    return {**regridded(cfg), "channels": _channels(cfg), "train_years": sorted(int(y) for y in cfg["splits"]["train"])}
+    return {
+        **regridded(cfg),
+        "channels": channel_names(cfg),
+        "train_years": sorted(int(y) for y in cfg["splits"]["train"]),
+    }
 
 
 def climatology(cfg: dict) -> dict:
     years = sorted(int(y) for y in (cfg.get("stats") or {}).get("climatology_years") or cfg["splits"]["train"])
     return {
         **regridded(cfg),
-        "channels": _channels(cfg),
+        "channels": channel_names(cfg),
         "climatology_years": years,
         "hours": sorted(cfg["data"].get("hours", [])),
     }
@@ -82,7 +82,7 @@ def forecast(cfg: dict) -> dict:
     """What makes a forecast file comparable with the truth: the data, the test years, the leads."""
     test = sorted(int(y) for y in cfg["splits"]["test"])
     leads = sorted(int(h) for h in cfg["evaluate"]["lead_hours"])
-    return {**regridded(cfg), "channels": _channels(cfg), "test_years": test, "lead_hours": leads}
+    return {**regridded(cfg), "channels": channel_names(cfg), "test_years": test, "lead_hours": leads}
 
 
 def canonical(lineage: dict) -> dict:
@@ -153,7 +153,8 @@ def of_raw(path) -> dict | None:
     if len(path.parents) >= 3:
         manifest = path.parents[2] / "manifest" / path.parent.parent.name / path.parent.name / f"{path.stem}.json"
         if manifest.exists():
-            return parse(json.dumps(json.loads(manifest.read_text()).get("lineage")))
+            recorded = json.loads(manifest.read_text()).get("lineage")
+            return recorded if isinstance(recorded, dict) else None
     return of_netcdf(path)
 
 
