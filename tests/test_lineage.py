@@ -15,7 +15,7 @@ from seqvit.data.tokenize import store_identity, tokenize
 from seqvit.errors import SeqvitError
 from seqvit.train.predict import check_trained_on
 from test_tokenize import CFG as TOKENS_CFG
-from test_tokenize import _write_canonical
+from test_tokenize import _noise_fields
 
 
 def write_raw(path, made_by=None):
@@ -71,7 +71,7 @@ def test_downloaded_raw_files_carry_their_lineage_in_the_manifest(tmp_path):
 
 
 def test_tokenize_refuses_statistics_of_other_training_years(tmp_path):
-    paths, stats_path = _write_canonical(tmp_path, [2015, 2016])
+    paths, stats_path = _noise_fields(tmp_path, [2015, 2016])
     other = copy.deepcopy(TOKENS_CFG)
     other["splits"]["train"] = [2016]
     stamp_lineage(stats_path, lineage.stats(other))
@@ -85,7 +85,7 @@ def test_tokenize_refuses_statistics_of_other_training_years(tmp_path):
 
 
 def test_a_model_trained_on_another_tokens_store_is_refused(tmp_path):
-    paths, stats_path = _write_canonical(tmp_path, [2015, 2016])
+    paths, stats_path = _noise_fields(tmp_path, [2015, 2016])
     tokenize(TOKENS_CFG, paths, stats_path, 4, tmp_path / "p4.zarr")
     made_by, store_id = store_identity(tmp_path / "p4.zarr")
     assert made_by == lineage.canonical(lineage.tokens(TOKENS_CFG, 4)) and len(store_id) == 32

@@ -8,11 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-import xarray as xr
 
-from conftest import stamp_lineage
+from conftest import write_regridded
 from processes import descendants
-from seqvit import lineage
 from seqvit.data.loader import (
     ForecastPairs,
     SampleOrder,
@@ -35,40 +33,13 @@ CFG = {
 LEADS = [6, 24]
 
 
-def _write_fields(folder: Path, years) -> tuple[list[Path], Path]:
-    """Canonical regridded files (two variable groups) and matching stats.nc."""
-    lat = -90 + 180 / HEIGHT * (np.arange(HEIGHT) + 0.5)
-    lon = 360 / WIDTH * np.arange(WIDTH)
-    rng = np.random.default_rng(3)
-    paths = []
-    for year in years:
-        time = pd.date_range(f"{year}-01-01", periods=TIMES_PER_YEAR, freq="6h")
-        coords = {"time": time, "latitude": lat, "longitude": lon}
-        t2m = 280 + 5 * rng.standard_normal((len(time), HEIGHT, WIDTH)).astype(np.float32)
-        t = 250 + 3 * rng.standard_normal((len(time), 1, HEIGHT, WIDTH)).astype(np.float32)
-        groups = {
-            "single-levels": xr.Dataset({"t2m": (("time", "latitude", "longitude"), t2m)}, coords=coords),
-            "pressure-levels": xr.Dataset(
-                {"t": (("time", "level", "latitude", "longitude"), t)}, coords={**coords, "level": [850]}
-            ),
-        }
-        for group, ds in groups.items():
-            path = folder / "regridded" / group / f"{year}.nc"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            ds.to_netcdf(path)
-            paths.append(path)
-    stats = xr.Dataset(
-        {"mean": ("channel", [280.0, 250.0]), "std": ("channel", [5.0, 3.0])}, coords={"channel": ["t2m", "t_850"]}
-    )
-    stats.to_netcdf(folder / "stats.nc")
-    stamp_lineage(paths, lineage.regridded(CFG))
-    stamp_lineage(folder / "stats.nc", lineage.stats(CFG))
-    return paths, folder / "stats.nc"
-
-
 @pytest.fixture(scope="module")
 def fields(tmp_path_factory):
-    return _write_fields(tmp_path_factory.mktemp("fields"), [2015, 2016, 2017])
+    folder = tmp_path_factory.mktemp("fields") / "regridded"
+    noise = {"field": "noise", "seed": 3, "stats": ((280.0, 5.0), (250.0, 3.0))}
+    return write_regridded(
+        folder, CFG, [2015, 2016, 2017], height=HEIGHT, width=WIDTH, times_per_year=TIMES_PER_YEAR, **noise
+    )
 
 
 @pytest.fixture(scope="module")
@@ -225,7 +196,7 @@ def test_segment_batches_and_read_pairs_values(store_p2):
     assert torch.equal(x, full[index.input_index[[0, 3, 3]]][:, :, 8:24])
     assert torch.equal(y[0], full[index.input_index[4]][:, 8:24]) and lead.tolist() == [24.0, 6.0, 24.0]
     # ForecastPairs (prediction) reads the same values through the same store reader
-    pairs = ForecastPairs(store_p2, CFG, "train", LEADS, random_lead=False)
+    pairs = ForecastPairs(store_p2, CFG, "train", LEADS)
     px, plead, py = pairs.batch([len(index) + 3])
     assert torch.equal(px, full[index.input_index[[3]]]) and plead.item() == 24.0
     assert torch.equal(py[:, :, 8:24], y[2:3])

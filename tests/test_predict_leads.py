@@ -4,12 +4,11 @@ import copy
 import logging
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 import xarray as xr
 
-from seqvit import lineage
+from conftest import write_regridded
 from seqvit.data.tokenize import tokenize
 from seqvit.errors import SeqvitError
 from seqvit.train.engine import train
@@ -50,30 +49,16 @@ CFG = {
 def trained(tmp_path_factory):
     """A tokens store of 3 short 6-hourly years, its stats.nc, and a ViT trained on the 6 h lead only."""
     root = tmp_path_factory.mktemp("leads")
-    lat = -90 + 180 / HEIGHT * (np.arange(HEIGHT) + 0.5)
-    lon = 360 / WIDTH * np.arange(WIDTH)
-    paths = []
-    for year in (2015, 2016, 2017):
-        time = pd.date_range(f"{year}-01-01", periods=16, freq="6h")
-        t2m = (
-            280
-            + np.sin(np.deg2rad(lon)[None, None, :] - 0.3 * np.arange(16)[:, None, None])
-            * np.cos(np.deg2rad(lat))[None, :, None]
-        )
-        path = root / "single-levels" / f"{year}.nc"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        xr.Dataset(
-            {"t2m": (("time", "latitude", "longitude"), t2m.astype(np.float32))},
-            coords={"time": time, "latitude": lat, "longitude": lon},
-            attrs={lineage.ATTR: lineage.dumps(lineage.regridded(CFG))},
-        ).to_netcdf(path)
-        paths.append(path)
-    stats_path = root / "stats.nc"
-    xr.Dataset(
-        {"mean": ("channel", [280.0]), "std": ("channel", [1.0])},
-        coords={"channel": ["t2m"]},
-        attrs={lineage.ATTR: lineage.dumps(lineage.stats(CFG))},
-    ).to_netcdf(stats_path)
+    paths, stats_path = write_regridded(
+        root,
+        CFG,
+        (2015, 2016, 2017),
+        height=HEIGHT,
+        width=WIDTH,
+        amplitude=1.0,
+        pressure_level=False,
+        stats=((280.0, 1.0),),
+    )
     tokens_path = root / "p4.zarr"
     tokenize(CFG, paths, stats_path, P, tokens_path)
     run = root / "run"

@@ -19,16 +19,103 @@ HOST = "node-q7x-unlikely.example.org"
 RC_KEY = "0fedcba9-8765-4321-0fed-cba987654321"
 
 
-def write_record(smk: Path, output: str, record: dict) -> None:
-    """A Snakemake 9 job record as its file persistence writes it (key: urlsafe base64 of the path)."""
-    path = smk / "metadata" / base64.urlsafe_b64encode(output.encode()).decode()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(record))
+# A tiny workflow shaped like the pipeline's (a log, params, a benchmark, a directory output, a
+# job with two outputs, an output deleted afterwards), run by the real Snakemake so that the job
+# records the crate reads are in Snakemake's own format: a change there breaks these tests.
+SNAKEFILE = r"""
+rule all:
+    input:
+        "results/train/p8/model.pt",
+        "results/train/p8/metrics.csv",
+        "results/gone.nc",
+
+
+rule stats:
+    input:
+        "results/regridded/single-levels/2015.nc",
+    output:
+        "results/stats/stats.nc",
+    log:
+        "results/logs/stats.log",
+    benchmark:
+        "results/benchmarks/stats.tsv"
+    params:
+        config="--config config.yaml",
+        years={"train": [2015]},
+    shell:
+        "printf stats > {output} && echo 'used key KEYHEAD... never the whole key' > {log}"
+
+
+rule tokenize:
+    input:
+        "results/stats/stats.nc",
+    output:
+        directory("results/tokens/p8.zarr"),
+    log:
+        "results/logs/tokenize/p8.log",
+    shell:
+        "mkdir -p {output}/x && printf '\\000\\001' > {output}/x/0.0 && touch {log}"
+
+
+rule train:
+    input:
+        "results/tokens/p8.zarr",
+    output:
+        "results/train/p8/model.pt",
+        "results/train/p8/metrics.csv",
+    log:
+        "results/logs/train/p8.log",
+    benchmark:
+        "results/benchmarks/train/p8.tsv"
+    params:
+        train={"steps": 20},
+        sbatch="SBATCH",
+    shell:
+        "printf weights > {output[0]} && printf 'step,loss\\n1,0.5\\n' > {output[1]} && touch {log}"
+
+
+rule scratch:
+    output:
+        "results/gone.nc",
+    shell:
+        "touch {output}"
+"""
+
+
+@pytest.fixture(scope="module")
+def finished_workflow(tmp_path_factory):
+    """The tiny workflow above, run once by Snakemake (its job records in .snakemake/metadata)."""
+    import subprocess
+    import sys
+
+    work = tmp_path_factory.mktemp("workflow")
+    text = SNAKEFILE.replace("KEYHEAD", FAKE_KEY[:4]).replace('"SBATCH"', repr(SBATCH))
+    (work / "Snakefile").write_text(text)
+    field = work / "results" / "regridded" / "single-levels" / "2015.nc"
+    field.parent.mkdir(parents=True)
+    field.write_text("field")
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--cores", "1", "--quiet", "rules"],
+        cwd=work,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (work / "results" / "gone.nc").unlink()  # a recorded output deleted since: the crate leaves it out
+    return work
+
+
+def _record_path(workdir: Path, output: str) -> Path:
+    return workdir / ".snakemake" / "metadata" / base64.urlsafe_b64encode(output.encode()).decode()
 
 
 @pytest.fixture
-def run(tmp_path, demo_cfg, monkeypatch):
-    """A finished (fake) run: a few outputs, their Snakemake records, a benchmark, eval tables."""
+def run(finished_workflow, tmp_path, demo_cfg, monkeypatch):
+    """A finished run (a copy of the tiny workflow's results and job records) plus eval tables."""
+    import shutil
+
+    shutil.copytree(finished_workflow, tmp_path, dirs_exist_ok=True)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("CDSAPI_KEY", FAKE_KEY)
     rc = tmp_path / "cdsapirc"
@@ -40,72 +127,22 @@ def run(tmp_path, demo_cfg, monkeypatch):
     config_path = tmp_path / "config.yaml"
     config_path.write_text(yaml.safe_dump(cfg))
     res = tmp_path / "results"
-    for rel, text in {
-        "regridded/single-levels/2015.nc": "field",
-        "stats/stats.nc": "stats",
-        "train/p8/model.pt": "weights",
-        "train/p8/metrics.csv": "step,loss\n1,0.5\n",
-        "logs/stats.log": f"used key {FAKE_KEY[:4]}... never the whole key",
-        # what a training run records: its process layout, and the device in its last throughput line
-        "train/p8/checkpoints/run.json": json.dumps({"world_size": 2, "sp": 2, "patch_size": 8}),
-        "logs/train/p8.log": "2026-01-01 00:00:00,000 seqvit.train.engine step 20: 90 samples/s, 2880 tokens/s, "
+    # What a Slurm training job leaves that a local run does not: its job id in the record (set by
+    # Snakemake's Slurm executor), its process layout, the device in its last throughput line, and
+    # the benchmark of a two-hour job.
+    for out in ("results/train/p8/model.pt", "results/train/p8/metrics.csv"):
+        record = json.loads(_record_path(tmp_path, out).read_text())
+        assert "external_jobid" in record, sorted(record)  # the key Snakemake's cluster executors fill
+        record["external_jobid"] = "4242"
+        _record_path(tmp_path, out).write_text(json.dumps(record))
+    (res / "train/p8/checkpoints").mkdir(parents=True)
+    (res / "train/p8/checkpoints/run.json").write_text(json.dumps({"world_size": 2, "sp": 2, "patch_size": 8}))
+    (res / "logs/train/p8.log").write_text(
+        "2026-01-01 00:00:00,000 seqvit.train.engine step 20: 90 samples/s, 2880 tokens/s, "
         "1.2 TFLOP/s per device, MFU 0.6% of 192 TFLOP/s (data sheet of the MI250X GCD (bf16 "
-        "dense), device 'AMD Instinct MI250X')\n",
-        "benchmarks/train/p8.tsv": "s\th:m:s\tmax_rss\tcpu_time\n7200.0\t2:00:00\t20480.0\t7000.0\n",
-    }.items():
-        (res / rel).parent.mkdir(parents=True, exist_ok=True)
-        (res / rel).write_text(text)
-    (res / "tokens" / "p8.zarr" / "x").mkdir(parents=True)
-    (res / "tokens" / "p8.zarr" / "x" / "0.0").write_bytes(b"\x00\x01")
-    (res / "benchmarks").mkdir(exist_ok=True)
-    (res / "benchmarks" / "stats.tsv").write_text("s\th:m:s\tmax_rss\tcpu_time\n5.1\t0:00:05\t321.5\t4.9\n")
-    smk = tmp_path / ".snakemake"
-    write_record(
-        smk,
-        "results/stats/stats.nc",
-        {
-            "rule": "stats",
-            "input": ["results/regridded/single-levels/2015.nc"],
-            "log": ["results/logs/stats.log"],
-            "params": ["--config config.yaml", {"train": [2015]}],
-            "starttime": 1000.0,
-            "endtime": 1005.0,
-            "job_hash": 11,
-            "external_jobid": None,
-            "shellcmd": "seqvit stats --config config.yaml",
-        },
+        "dense), device 'AMD Instinct MI250X')\n"
     )
-    write_record(
-        smk,
-        "results/tokens/p8.zarr",
-        {
-            "rule": "tokenize",
-            "input": ["results/stats/stats.nc"],
-            "log": ["results/logs/tokenize/p8.log"],
-            "params": [],
-            "starttime": 1010.0,
-            "endtime": 1020.0,
-            "job_hash": 12,
-        },
-    )
-    for k, out in enumerate(("results/train/p8/model.pt", "results/train/p8/metrics.csv")):  # one job, two outputs
-        write_record(
-            smk,
-            out,
-            {  # Snakemake stamps each output's start microseconds apart
-                "rule": "train",
-                "input": ["results/tokens/p8.zarr"],
-                "log": ["results/logs/train/p8.log"],
-                "params": [{"steps": 20}, repr(SBATCH)],
-                "starttime": 1030.0 + k * 1e-4,
-                "endtime": 1100.0,
-                "job_hash": 13,
-                "external_jobid": "4242",
-            },
-        )
-    write_record(
-        smk, "results/gone.nc", {"rule": "stats", "input": [], "starttime": 1.0, "job_hash": 1}
-    )  # deleted output
+    (res / "benchmarks/train/p8.tsv").write_text("s\th:m:s\tmax_rss\tcpu_time\n7200.0\t2:00:00\t20480.0\t7000.0\n")
     ev = res / "eval"
     ev.mkdir()
     rows = []
@@ -133,6 +170,17 @@ def run(tmp_path, demo_cfg, monkeypatch):
     return tmp_path, cfg, config_path
 
 
+def _recorded_times(workdir: Path, output: str) -> tuple[str, str]:
+    """Start and end of a job as its Snakemake record gives them, in the crate's ISO format."""
+    import datetime
+
+    record = json.loads(_record_path(workdir, output).read_text())
+    iso = [
+        datetime.datetime.fromtimestamp(record[k], datetime.timezone.utc).isoformat() for k in ("starttime", "endtime")
+    ]
+    return iso[0][:19], iso[1][:19]
+
+
 def build(run, **kw):
     workdir, cfg, config_path = run
     return crate_mod.build_provenance(cfg, Layout(cfg), [config_path], workdir / ".snakemake", workdir=workdir, **kw)
@@ -148,13 +196,15 @@ def test_crate_has_one_action_per_job_with_checksums(run):
     jobs = [e for e in graph.values() if e["@type"] == "CreateAction" and e["@id"].startswith("#job-")]
     assert sorted(j["instrument"]["@id"] for j in jobs) == ["#rule-stats", "#rule-tokenize", "#rule-train"]
     train = next(j for j in jobs if j["instrument"]["@id"] == "#rule-train")
-    assert train["startTime"].startswith("1970-01-01T00:17:10") and train["endTime"].startswith("1970-01-01T00:18:20")
+    start, end = _recorded_times(run[0], "results/train/p8/model.pt")
+    assert train["startTime"].startswith(start) and train["endTime"].startswith(end)
     assert sorted(r["@id"] for r in train["result"]) == ["../train/p8/metrics.csv", "../train/p8/model.pt"]
     extra = {graph[p["@id"]]["name"]: graph[p["@id"]]["value"] for p in train["additionalProperty"]}
     assert extra["slurm_job_id"] == "4242"
     stats = next(j for j in jobs if j["instrument"]["@id"] == "#rule-stats")
     extra = {graph[p["@id"]]["name"]: graph[p["@id"]]["value"] for p in stats["additionalProperty"]}
-    assert "host" not in extra and float(extra["benchmark_max_rss"]) == 321.5  # host names only when asked
+    benchmark = pd.read_csv(run[0] / "results" / "benchmarks" / "stats.tsv", sep="\t")
+    assert "host" not in extra and float(extra["benchmark_max_rss"]) == pytest.approx(float(benchmark["max_rss"][0]))
     params = [graph[o["@id"]] for o in stats["object"] if graph[o["@id"]]["@type"] == "PropertyValue"]
     assert [p["value"] for p in params] == ["--config config.yaml", '{"train": [2015]}']
     # checksums are those of the files

@@ -1,11 +1,9 @@
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 import xarray as xr
 
-from conftest import stamp_lineage
-from seqvit import lineage
+from conftest import write_regridded
 from seqvit.data.grids import latitude_weights, named_grid
 from seqvit.data.loader import ForecastPairs
 from seqvit.data.tokenize import open_tokens, patchify, token_weights, tokenize, unpatchify
@@ -55,32 +53,11 @@ def test_token_weights_mean_one_and_layout():
     np.testing.assert_allclose(weights[:16].mean(), latitude_weights(grid.lat)[:4].mean(), rtol=1e-6)
 
 
-def _write_canonical(tmp_path, years, height=8, width=16):
-    """Tiny canonical regridded files (two variable groups) and matching stats.nc."""
-    lat = -90 + 180 / height * (np.arange(height) + 0.5)
-    lon = 360 / width * np.arange(width)
-    rng = np.random.default_rng(1)
-    paths = []
-    for year in years:
-        time = pd.date_range(f"{year}-01-01", periods=12, freq="6h")
-        t2m = 280 + 5 * rng.standard_normal((len(time), height, width)).astype(np.float32)
-        t = 250 + 3 * rng.standard_normal((len(time), 1, height, width)).astype(np.float32)
-        coords = {"time": time, "latitude": lat, "longitude": lon}
-        single = xr.Dataset({"t2m": (("time", "latitude", "longitude"), t2m)}, coords=coords)
-        pressure = xr.Dataset({"t": (("time", "level", "latitude", "longitude"), t)}, coords={**coords, "level": [850]})
-        for group, ds in (("single-levels", single), ("pressure-levels", pressure)):
-            path = tmp_path / "regridded" / group / f"{year}.nc"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            ds.to_netcdf(path)
-            paths.append(path)
-    stats = xr.Dataset(
-        {"mean": ("channel", [280.0, 250.0]), "std": ("channel", [5.0, 3.0])}, coords={"channel": ["t2m", "t_850"]}
+def _noise_fields(folder, years):
+    """Regridded files of Gaussian noise (12 times a year) and stats.nc under folder/regridded."""
+    return write_regridded(
+        folder / "regridded", CFG, years, times_per_year=12, field="noise", seed=1, stats=((280.0, 5.0), (250.0, 3.0))
     )
-    stats_path = tmp_path / "stats.nc"
-    stats.to_netcdf(stats_path)
-    stamp_lineage(paths, lineage.regridded(CFG))
-    stamp_lineage(stats_path, lineage.stats(CFG))
-    return paths, stats_path
 
 
 CFG = {
@@ -90,7 +67,7 @@ CFG = {
 
 
 def test_tokenize_writes_contract_store(tmp_path):
-    paths, stats_path = _write_canonical(tmp_path, [2015, 2016])
+    paths, stats_path = _noise_fields(tmp_path, [2015, 2016])
     out = tmp_path / "tokens" / "p4.zarr"
     tokenize(CFG, paths, stats_path, 4, out)
     store = open_tokens(out)
@@ -108,28 +85,21 @@ def test_tokenize_writes_contract_store(tmp_path):
 
 
 def test_tokenize_rejects_bad_patch_size(tmp_path):
-    paths, stats_path = _write_canonical(tmp_path, [2015])
+    paths, stats_path = _noise_fields(tmp_path, [2015])
     with pytest.raises(SeqvitError, match="tokenize.patch_sizes"):
         tokenize(CFG, paths, stats_path, 3, tmp_path / "p3.zarr")
     assert not (tmp_path / "p3.zarr").exists()
 
 
 def test_loader_pairs_inputs_and_targets_by_time(tmp_path):
-    paths, stats_path = _write_canonical(tmp_path, [2015, 2016])
+    paths, stats_path = _noise_fields(tmp_path, [2015, 2016])
     out = tmp_path / "p4.zarr"
     tokenize(CFG, paths, stats_path, 4, out)
     tokens = open_tokens(out)["tokens"].values
-    evaluation = ForecastPairs(out, CFG, "val", [6, 24], random_lead=False)
+    evaluation = ForecastPairs(out, CFG, "val", [6, 24])
     # 12 val times at 6 h spacing: inits valid for a 24 h lead are the first 8
     assert len(evaluation.init_times) == 8 and len(evaluation) == 16
     x, lead, y = evaluation[8 + 2]  # second lead (24 h), third init
     np.testing.assert_array_equal(x.numpy(), tokens[12 + 2])
     np.testing.assert_array_equal(y.numpy(), tokens[12 + 2 + 4])
     assert float(lead) == 24.0
-
-    training = ForecastPairs(out, CFG, "train", [6, 24], random_lead=True, generator=torch.Generator().manual_seed(0))
-    x, lead, y = training.batch(torch.arange(8).repeat(4))
-    assert set(lead.tolist()) == {6.0, 24.0}
-    offsets = (lead / 6).long()
-    expected = torch.from_numpy(tokens)[torch.arange(8).repeat(4) + offsets]
-    assert torch.equal(y, expected)

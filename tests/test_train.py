@@ -11,8 +11,7 @@ import pytest
 import torch
 import xarray as xr
 
-from conftest import stamp_lineage
-from seqvit import lineage
+from conftest import write_regridded
 from seqvit.data.tokenize import tokenize, unpatchify
 from seqvit.errors import SeqvitError
 from seqvit.train.checkpoint import StopRequest
@@ -46,32 +45,7 @@ CFG = {
 def store(tmp_path_factory):
     """A tiny tokens store: a warm band drifting east over 3 short years, plus stats.nc."""
     root = tmp_path_factory.mktemp("tiny")
-    lat = -90 + 180 / HEIGHT * (np.arange(HEIGHT) + 0.5)
-    lon = 360 / WIDTH * np.arange(WIDTH)
-    paths = []
-    for year in (2015, 2016, 2017):
-        time = pd.date_range(f"{year}-01-01", periods=16, freq="6h")
-        phase = np.deg2rad(lon)[None, None, :] - 0.3 * np.arange(len(time))[:, None, None]
-        t2m = (280 + 10 * np.cos(np.deg2rad(lat))[None, :, None] * np.sin(phase)).astype(np.float32)
-        t = (t2m - 30)[:, None]
-        coords = {"time": time, "latitude": lat, "longitude": lon}
-        groups = {
-            "single-levels": xr.Dataset({"t2m": (("time", "latitude", "longitude"), t2m)}, coords=coords),
-            "pressure-levels": xr.Dataset(
-                {"t": (("time", "level", "latitude", "longitude"), t)}, coords={**coords, "level": [850]}
-            ),
-        }
-        for group, ds in groups.items():
-            path = root / group / f"{year}.nc"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            ds.to_netcdf(path)
-            paths.append(path)
-    stats_path = root / "stats.nc"
-    xr.Dataset(
-        {"mean": ("channel", [280.0, 250.0]), "std": ("channel", [7.0, 7.0])}, coords={"channel": ["t2m", "t_850"]}
-    ).to_netcdf(stats_path)
-    stamp_lineage(paths, lineage.regridded(CFG))
-    stamp_lineage(stats_path, lineage.stats(CFG))
+    paths, stats_path = write_regridded(root, CFG, (2015, 2016, 2017), height=HEIGHT, width=WIDTH)
     tokens_path = root / "p4.zarr"
     tokenize(CFG, paths, stats_path, P, tokens_path)
     return tokens_path, stats_path

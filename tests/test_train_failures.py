@@ -18,16 +18,12 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
 import pytest
 import torch
-import xarray as xr
 import yaml
 
-from conftest import stamp_lineage
+from conftest import write_regridded
 from processes import command_line, descendants, identity, parent, still_running
-from seqvit import lineage
 from seqvit.config import load_config
 from seqvit.data.tokenize import tokenize
 from seqvit.errors import SeqvitError
@@ -70,29 +66,7 @@ def setup(tmp_path_factory):
     config = root / "config.yaml"
     config.write_text(yaml.safe_dump(cfg))
     cfg = load_config(config)  # with the defaults the CLI adds: the store's recorded settings must match them
-    lat = -90 + 180 / HEIGHT * (np.arange(HEIGHT) + 0.5)
-    lon = 360 / WIDTH * np.arange(WIDTH)
-    paths = []
-    for year in (2015, 2016, 2017):
-        time_axis = pd.date_range(f"{year}-01-01", periods=16, freq="6h")
-        phase = np.deg2rad(lon)[None, None, :] - 0.3 * np.arange(len(time_axis))[:, None, None]
-        t2m = (280 + 10 * np.cos(np.deg2rad(lat))[None, :, None] * np.sin(phase)).astype(np.float32)
-        coords = {"time": time_axis, "latitude": lat, "longitude": lon}
-        single = xr.Dataset({"t2m": (("time", "latitude", "longitude"), t2m)}, coords=coords)
-        levels = xr.Dataset(
-            {"t": (("time", "level", "latitude", "longitude"), (t2m - 30)[:, None])}, coords={**coords, "level": [850]}
-        )
-        for group, ds in (("single-levels", single), ("pressure-levels", levels)):
-            path = root / group / f"{year}.nc"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            ds.to_netcdf(path)
-            paths.append(path)
-    stats = root / "stats.nc"
-    xr.Dataset(
-        {"mean": ("channel", [280.0, 250.0]), "std": ("channel", [7.0, 7.0])}, coords={"channel": ["t2m", "t_850"]}
-    ).to_netcdf(stats)
-    stamp_lineage(paths, lineage.regridded(cfg))
-    stamp_lineage(stats, lineage.stats(cfg))
+    paths, stats = write_regridded(root, cfg, (2015, 2016, 2017), height=HEIGHT, width=WIDTH)
     tokens = root / "results" / "tokens" / f"p{P}.zarr"
     tokenize(cfg, paths, stats, P, tokens)
     return {"cfg": cfg, "config": config, "tokens": tokens}

@@ -90,6 +90,7 @@ def test_whole_workflow_runs_and_reruns_nothing(tiny):
     assert (results / "provenance" / "methods.md").exists() and (
         results / "provenance" / "tables" / "rmse.tex"
     ).exists()
+    _metrics_agree_with_scores(results, metrics)
 
     # nothing changed: nothing reruns
     assert "Nothing to be done" in run([*base, "-n"], workdir)
@@ -99,6 +100,45 @@ def test_whole_workflow_runs_and_reruns_nothing(tiny):
 
     # Slurm's walltime warning mid-training: the job checkpoints and fails, Snakemake's retry resumes
     _interrupt_training_and_retry(workdir, base, results)
+
+
+def _metrics_agree_with_scores(results: Path, metrics: pd.DataFrame) -> None:
+    """The pipeline's weighted MSE and RMSE against an independent verification library (`scores`).
+
+    `scores` weights by cos(latitude); on a grid whose cells lie strictly between the poles the
+    cell-area weights the pipeline uses are proportional to it (sin(a + h) - sin(a - h) = 2 sin h
+    cos a), so both must agree to rounding.
+    """
+    import numpy as np
+    import xarray as xr
+    from scores.continuous import mse as scores_mse
+    from scores.functions import create_latitude_weights
+
+    from seqvit.data.fields import open_channels
+
+    truth_all = open_channels(sorted((results / "regridded").rglob("*.nc")), ["t2m", "t_850", "z_500"])
+    assert np.abs(truth_all["latitude"].values).max() < 90  # the proportionality above needs no pole cell
+    checked = 0
+    for path in sorted((results / "predictions").glob("*.nc")):
+        model = path.stem
+        with xr.open_dataset(path) as ds:
+            forecast = ds["forecast"].load()
+        for lead in forecast["lead_hours"].values:
+            inits = forecast["time"].values
+            valid = inits + np.timedelta64(int(lead), "h")
+            truth = truth_all.sel(time=valid).assign_coords(time=inits)
+            fcst = forecast.sel(lead_hours=lead, drop=True)
+            truth = truth.assign_coords(latitude=fcst["latitude"].values, longitude=fcst["longitude"].values)
+            weights = create_latitude_weights(fcst["latitude"])
+            per_time = scores_mse(fcst, truth, reduce_dims=["latitude", "longitude"], weights=weights)
+            for channel in forecast["channel"].values:
+                row = metrics[(metrics["model"] == model) & (metrics["variable"] == str(channel))]
+                row = row[row["lead_hours"] == int(lead)].iloc[0]
+                expected_mse = float(per_time.sel(channel=channel).mean("time"))
+                assert row["mse"] == pytest.approx(expected_mse, rel=1e-9), (model, channel, lead)
+                assert row["rmse"] == pytest.approx(np.sqrt(expected_mse), rel=1e-9), (model, channel, lead)
+                checked += 1
+    assert checked == 4 * 2 * 3, checked  # vit-p8 and three baselines, two leads, three channels
 
 
 def _training_pids() -> list[int]:

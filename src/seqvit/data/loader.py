@@ -561,22 +561,11 @@ def step_loader(batches: SegmentBatches, start_step: int, stop_step: int, worker
 
 
 class ForecastPairs(torch.utils.data.Dataset):
-    """Map-style dataset of forecast pairs for one split, read into memory once.
-
-    random_lead=True (training): one item per init time, its lead drawn uniformly from
-    `lead_hours` with `generator` (so a run that saves the generator state resumes exactly).
-    random_lead=False (evaluation): one item per (lead, init time), leads outermost.
+    """Map-style dataset of the forecast pairs of one split for evaluation, read into memory once:
+    one item per (lead, init time), leads outermost. (Training reads segments: SegmentBatches.)
     """
 
-    def __init__(
-        self,
-        tokens_path,
-        cfg: dict,
-        split: str,
-        lead_hours,
-        random_lead: bool,
-        generator: torch.Generator | None = None,
-    ):
+    def __init__(self, tokens_path, cfg: dict, split: str, lead_hours):
         index = SplitIndex(tokens_path, cfg, split, lead_hours)
         self.lead_hours, self.init_times, self.channels = index.lead_hours, index.init_times, index.channels
         self.patch_size, self.grid_shape = index.patch_size, index.grid_shape
@@ -586,19 +575,13 @@ class ForecastPairs(torch.utils.data.Dataset):
         # positions in self.tokens (the split's rows) rather than on the store's time axis
         self.input_index = torch.from_numpy(np.searchsorted(rows, index.input_index))
         self.target_index = torch.from_numpy(np.searchsorted(rows, index.target_index))  # [lead, init]
-        self.random_lead = random_lead
-        self.generator = generator
 
     def __len__(self) -> int:
-        n_init = len(self.init_times)
-        return n_init if self.random_lead else n_init * len(self.lead_hours)
+        return len(self.init_times) * len(self.lead_hours)
 
     def _split_index(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Item indices -> (init position, lead position)."""
         n_init = len(self.init_times)
-        if self.random_lead:
-            lead = torch.randint(len(self.lead_hours), index.shape, generator=self.generator)
-            return index, lead
         return index % n_init, index // n_init
 
     def batch(self, index) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -23,6 +23,7 @@ non-secret facts, and every text written is checked against the CDS key (CDSAPI_
 
 from __future__ import annotations
 
+import ast
 import base64
 import datetime as dt
 import hashlib
@@ -282,6 +283,17 @@ def _iso(ts) -> str | None:
 
 
 # ---------------------------------------------------------------- the crate
+
+
+def _param_value(value) -> str:
+    """A job's param as the crate shows it: Snakemake records each as its Python repr; give a string
+    as itself and anything else as JSON (a repr that is not a literal stays as recorded)."""
+    if isinstance(value, str):
+        try:
+            value = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            return value
+    return value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
 
 
 def build_provenance(
@@ -577,7 +589,7 @@ def _crate(cfg, layout, config_paths, jobs, env, written_tables, crate_dir: Path
                         properties={
                             "@type": "PropertyValue",
                             "name": f"{rule} param {k}",
-                            "value": value if isinstance(value, str) else json.dumps(value, sort_keys=True),
+                            "value": _param_value(value),
                         },
                     )
                 )

@@ -79,7 +79,7 @@ def predict(cfg: dict, run_dir, tokens_path, stats_path, out_nc) -> None:
     patch_size = int(saved["patch_size"])
     lead_hours = [int(h) for h in cfg["evaluate"]["lead_hours"]]
     extrapolated = _check_leads(cfg, run_dir, saved, lead_hours)
-    test_set = ForecastPairs(tokens_path, cfg, "test", lead_hours, random_lead=False)
+    test_set = ForecastPairs(tokens_path, cfg, "test", lead_hours)
     if test_set.channels != list(saved["channels"]) or test_set.patch_size != patch_size:
         raise SeqvitError(
             f"{tokens_path}: store has channels {test_set.channels} and patch size {test_set.patch_size}, "

@@ -60,10 +60,3 @@ def lookup(group: str, short: str) -> Variable:
             f"config key {CONFIG_KEY[group]}: {short!r} is not an ERA5 {group} variable seqvit knows; "
             f"use one of {known} (short names as in the CDS netCDF files)"
         ) from None
-
-
-def by_cds_name(name: str) -> Variable | None:
-    for variable in _TABLE:
-        if variable.cds == name:
-            return variable
-    return None
