@@ -172,7 +172,7 @@ def test_torchrun_environment():
         "local_rank": 0,
         "local_world_size": 1,
         "master_addr": None,
-        "master_port": groups.DEFAULT_PORT,
+        "master_port": 29500,  # torchrun's default (PyTorch's torchrun documentation)
     }
     assert groups.launcher_env({"RANK": "1", "WORLD_SIZE": "2"})["master_addr"] == "127.0.0.1"
     # torchrun wins over the srun variables around it (torchrun started by srun, one per node)

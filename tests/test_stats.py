@@ -136,7 +136,7 @@ def test_climatology_recovers_seasonal_and_diurnal_cycle(tmp_path):
 
     # Where the window does not reach doy 366 (days 31..335) every day has two samples, and the
     # window shrinks the cosine by the factor sum(w_k cos(2 pi k / 366)) / sum(w_k).
-    weights = triangular_window(WINDOW_DAYS)
+    weights = np.bartlett(WINDOW_DAYS)  # numpy's triangular window: 0 at both ends, 1 in the middle (WeatherBench2)
     offsets = np.arange(-(WINDOW_DAYS // 2), WINDOW_DAYS // 2 + 1)
     shrink = (weights * np.cos(2 * np.pi * offsets / 366)).sum() / weights.sum()
     assert 0.9 < shrink < 0.99
@@ -208,7 +208,7 @@ def test_day_366_of_a_year_without_29_february_repeats_day_365(tmp_path):
     clim = load_climatology(tmp_path / "clim.nc").values[0, :, 0, 0, 0]
 
     held = np.minimum(np.arange(1, 367), 365).astype(np.float64)  # day 366 := day 365
-    weights = triangular_window(WINDOW_DAYS)
+    weights = np.bartlett(WINDOW_DAYS)
     offsets = np.arange(-(WINDOW_DAYS // 2), WINDOW_DAYS // 2 + 1)
     expected = sum(w * held[(np.arange(366) + k) % 366] for k, w in zip(offsets, weights)) / weights.sum()
     np.testing.assert_allclose(clim, expected, rtol=1e-6)
@@ -351,3 +351,8 @@ def test_std_merge_is_stable_for_a_large_mean(tmp_path, monkeypatch):
     np.testing.assert_allclose(mean, reference.mean(axis=(0, 2, 3)), rtol=1e-14)
     naive = np.sqrt((reference**2).mean(axis=(0, 2, 3)) - reference.mean(axis=(0, 2, 3)) ** 2)
     assert np.abs(naive / reference.std(axis=(0, 2, 3)) - 1).min() > 1e-6  # measured 4e-5 to 2e-3: the test can tell
+
+
+def test_the_climatology_window_is_numpys_triangular_window():
+    np.testing.assert_allclose(triangular_window(61), np.bartlett(61), rtol=0, atol=1e-15)
+    assert triangular_window(5).tolist() == [0.0, 0.5, 1.0, 0.5, 0.0]
