@@ -11,32 +11,44 @@ whose manifest matches its request is never fetched again.
 
 from __future__ import annotations
 
+import importlib
 import logging
+from typing import Protocol
 
 from seqvit.data.sources import state
-from seqvit.data.sources.plan import Request, describe, find_request, plan_requests, source_settings
+from seqvit.data.sources.plan import DOWNLOADERS, Request, describe, find_request, plan_requests, source_settings
 from seqvit.errors import SeqvitError
 
-__all__ = ["Request", "describe", "download", "find_request", "make_source", "plan_requests"]
+__all__ = ["Request", "Source", "describe", "download", "find_request", "make_source", "plan_requests"]
 
 LOG = logging.getLogger("seqvit.download")
 
 
-def make_source(cfg: dict, raw_dir, log: logging.Logger = LOG):
-    kind = source_settings(cfg).kind
-    if kind == "cds":
-        from seqvit.data.sources.cds import CdsSource
+class Source(Protocol):
+    """What a downloading source implements (registered in plan.DOWNLOADERS).
 
-        return CdsSource(cfg, raw_dir, log)
-    if kind == "weatherbench2":
-        from seqvit.data.sources.weatherbench2 import WeatherBench2Source
+    Built as cls(cfg, raw_dir, log) from the resolved config. fetch(request) writes the raw file
+    of one request to request.path(raw_dir) in the CDS netCDF layout, verified against the request
+    (seqvit.data.sources.verify) and put in place atomically, and returns its manifest (request,
+    size, sha256, times and whatever identifies the delivery); download() adds the lineage and
+    writes the manifest. A failure raises SeqvitError naming the request and the fix.
+    """
 
-        return WeatherBench2Source(cfg, raw_dir, log)
-    if kind == "local":
-        from seqvit.data.sources.local import LocalSource
+    kind: str
 
-        return LocalSource(cfg, raw_dir, log)
-    raise SeqvitError(SYNTHETIC_HINT)
+    def fetch(self, request: Request) -> dict: ...
+
+
+def source_class(kind: str) -> type:
+    """The class registered for a downloading source kind."""
+    if kind not in DOWNLOADERS:
+        raise SeqvitError(SYNTHETIC_HINT if kind == "synthetic" else f"config key source.kind: unknown {kind!r}")
+    module, name = DOWNLOADERS[kind].split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def make_source(cfg: dict, raw_dir, log: logging.Logger = LOG) -> Source:
+    return source_class(source_settings(cfg).kind)(cfg, raw_dir, log)
 
 
 SYNTHETIC_HINT = (

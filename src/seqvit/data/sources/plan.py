@@ -26,7 +26,15 @@ from seqvit.errors import SeqvitError
 
 GROUP_KEYS = {SINGLE: "single_level", PRESSURE: "pressure_level"}
 DATASETS = {SINGLE: "reanalysis-era5-single-levels", PRESSURE: "reanalysis-era5-pressure-levels"}
-KINDS = ("synthetic", "cds", "weatherbench2", "local")
+# The sources that download ("module:class", imported only when used: each pulls in its client
+# library). Each class implements seqvit.data.sources.Source. `synthetic` downloads nothing: its raw
+# files come from `seqvit synth`.
+DOWNLOADERS = {
+    "cds": "seqvit.data.sources.cds:CdsSource",
+    "weatherbench2": "seqvit.data.sources.weatherbench2:WeatherBench2Source",
+    "local": "seqvit.data.sources.local:LocalSource",
+}
+KINDS = ("synthetic", *DOWNLOADERS)
 FORMATS = ("netcdf", "grib")
 # Fields per request the CDS accepts for ERA5. The CDS shows its current limits on each
 # dataset's download form; netCDF requests are limited more tightly than GRIB because the
