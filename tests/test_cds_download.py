@@ -98,7 +98,7 @@ def write_cfg(cfg, tmp_path):
 
 
 def test_fetches_verifies_records_and_never_fetches_a_verified_file_again(cds, cfg):
-    assert download(cfg) == {SINGLE: "fetched", PRESSURE: "fetched"}
+    assert download(cfg, None, Layout(cfg).raw_dir) == {SINGLE: "fetched", PRESSURE: "fetched"}
     single = era5.open_raw(final(cfg, SINGLE))  # delivered as a zip of instant + accum: joined
     assert sorted(single.data_vars) == ["t2m", "tp"] and single.sizes["time"] == 62
     pressure = era5.open_raw(final(cfg, PRESSURE))
@@ -117,10 +117,10 @@ def test_fetches_verifies_records_and_never_fetches_a_verified_file_again(cds, c
     assert record["content"]["time_steps"] == 62 and record["content"]["grid"] == [5, 8]
 
     calls = len(cds.calls)
-    assert download(cfg) == {SINGLE: "kept", PRESSURE: "kept"}
+    assert download(cfg, None, Layout(cfg).raw_dir) == {SINGLE: "kept", PRESSURE: "kept"}
     assert len(cds.calls) == calls  # nothing sent, not even a login
     final(cfg, SINGLE).unlink()
-    assert download(cfg) == {SINGLE: "fetched", PRESSURE: "kept"}
+    assert download(cfg, None, Layout(cfg).raw_dir) == {SINGLE: "fetched", PRESSURE: "kept"}
     assert cds.count("execution", "POST") == 3 and leftovers(cfg) == []
 
 
@@ -144,7 +144,7 @@ def test_old_uid_key_form_is_refused_before_sending(cds, cfg, tmp_path, monkeypa
     rc.write_text(f"url: {cds.url}\nkey: 123456:abcdef01-2345-6789-abcd-ef0123456789\n")
     monkeypatch.setenv("CDSAPI_RC", str(rc))
     with pytest.raises(SeqvitError, match=r"old-cdsapirc has the old UID:KEY form.*personal access token") as info:
-        download(cfg)
+        download(cfg, None, Layout(cfg).raw_dir)
     assert "abcdef01" not in str(info.value)
     assert cds.calls == []
 
@@ -164,7 +164,7 @@ def test_licence_not_accepted(cds, cfg):
     with pytest.raises(
         SeqvitError, match=r"not accepted the licence of reanalysis-era5-single-levels.*datasets/reanalysis"
     ):
-        download(cfg)
+        download(cfg, None, Layout(cfg).raw_dir)
     assert_nothing_accepted(cfg, SINGLE)
 
 
@@ -180,7 +180,7 @@ def test_variable_the_dataset_does_not_have(cds, cfg):
     with pytest.raises(
         SeqvitError, match=r"refused request single-levels/2018/01 as invalid \(400 invalid request.*2m_dewpoint"
     ):
-        download(cfg)
+        download(cfg, None, Layout(cfg).raw_dir)
     assert_nothing_accepted(cfg, SINGLE)
 
 
@@ -189,20 +189,20 @@ def test_variable_the_dataset_does_not_have(cds, cfg):
 
 def test_429_then_success(cds, cfg):
     cds.fail("execution", 429)
-    assert download(cfg, [SINGLE]) == {SINGLE: "fetched"}
+    assert download(cfg, [SINGLE], Layout(cfg).raw_dir) == {SINGLE: "fetched"}
     assert cds.count("execution", "POST", 429) == 1 and cds.count("execution", "POST", 201) == 1
     assert era5.open_raw(final(cfg, SINGLE)).sizes["time"] == 62
 
 
 def test_500_twice_then_success(cds, cfg):
     cds.fail("job", 500, times=2)
-    assert download(cfg, [PRESSURE]) == {PRESSURE: "fetched"}
+    assert download(cfg, [PRESSURE], Layout(cfg).raw_dir) == {PRESSURE: "fetched"}
     assert cds.count("job", status=500) == 2 and cds.count("execution", "POST") == 1
 
 
 def test_5xx_beyond_the_clients_retries_resumes_the_same_job_after_backoff(cds, cfg):
     cds.fail("results", 502, times=4)  # the client gives up after 3; seqvit waits and resumes the job
-    assert download(cfg, [PRESSURE]) == {PRESSURE: "fetched"}
+    assert download(cfg, [PRESSURE], Layout(cfg).raw_dir) == {PRESSURE: "fetched"}
     assert cds.count("results", status=502) == 4 and cds.count("execution", "POST") == 1
     assert not (find_request(cfg, PRESSURE).manifest_path(raw_dir(cfg)).with_suffix(".pending.json")).exists()
 
@@ -210,7 +210,7 @@ def test_5xx_beyond_the_clients_retries_resumes_the_same_job_after_backoff(cds, 
 def test_persistent_5xx_ends_in_a_clear_error_naming_the_request(cds, cfg):
     cds.fail("process", 503, times=100)
     with pytest.raises(SeqvitError) as info:
-        download(cfg, [SINGLE])
+        download(cfg, [SINGLE], Layout(cfg).raw_dir)
     message = str(info.value)
     assert message.startswith("CDS request single-levels/2018/01 (single-levels 2018-01 days 1-31) failed 3 times")
     assert "503 Service Unavailable" in message and "rerun the same command later" in message
@@ -221,7 +221,7 @@ def test_persistent_5xx_ends_in_a_clear_error_naming_the_request(cds, cfg):
 def test_timeout_then_success(cds, cfg, caplog):
     cfg["source"]["retry"].update(timeout_s=0.3, client_retry_max=1)
     cds.delay("job", 1.0)
-    assert download(cfg, [SINGLE]) == {SINGLE: "fetched"}
+    assert download(cfg, [SINGLE], Layout(cfg).raw_dir) == {SINGLE: "fetched"}
     # the stalled status request timed out, and one more fetch resumed the same job
     retries = [r.getMessage() for r in caplog.records if "trying again" in r.getMessage()]
     assert len(retries) == 1 and "Timeout" in retries[0], retries
@@ -230,7 +230,7 @@ def test_timeout_then_success(cds, cfg, caplog):
 
 def test_failed_job_is_submitted_again(cds, cfg):
     cds.faults.fail_jobs = 1
-    assert download(cfg, [SINGLE]) == {SINGLE: "fetched"}
+    assert download(cfg, [SINGLE], Layout(cfg).raw_dir) == {SINGLE: "fetched"}
     assert cds.count("execution", "POST", 201) == 2
 
 
@@ -239,7 +239,7 @@ def test_failed_job_is_submitted_again(cds, cfg):
 
 def test_request_too_large_is_split_in_time_and_joined(cds, cfg):
     cds.faults.max_fields = 40  # 2 variables x 62 steps = 124 fields: needs four parts
-    assert download(cfg, [SINGLE]) == {SINGLE: "fetched"}
+    assert download(cfg, [SINGLE], Layout(cfg).raw_dir) == {SINGLE: "fetched"}
     assert cds.count("execution", "POST", 403) == 3 and cds.count("execution", "POST", 201) == 4
     record = manifest(cfg, SINGLE)
     assert [p["label"] for p in record["parts"]] == [
@@ -260,7 +260,7 @@ def test_request_too_large_is_split_in_time_and_joined(cds, cfg):
 
 def test_truncated_download_is_fetched_again(cds, cfg):
     cds.faults.truncate_downloads = 1
-    assert download(cfg, [PRESSURE]) == {PRESSURE: "fetched"}
+    assert download(cfg, [PRESSURE], Layout(cfg).raw_dir) == {PRESSURE: "fetched"}
     assert cds.count("download") == 2
     assert manifest(cfg, PRESSURE)["size"] == final(cfg, PRESSURE).stat().st_size
 
@@ -269,7 +269,7 @@ def test_truncated_large_download_resumes_with_a_range_request(cds, cfg):
     cfg["source"]["grid"] = [1.0, 1.0]  # 181 x 360 points: about 8 MB, above the client's 1 MiB chunk
     cfg["data"].update(hours=[0], single_level=["t2m"])
     cds.faults.truncate_downloads = 1
-    assert download(cfg, [SINGLE]) == {SINGLE: "fetched"}
+    assert download(cfg, [SINGLE], Layout(cfg).raw_dir) == {SINGLE: "fetched"}
     ranges = cds.range_requests()
     assert len(ranges) == 1 and ranges[0].startswith("bytes=") and not ranges[0].startswith("bytes=0-")
     data = era5.open_raw(final(cfg, SINGLE))
@@ -281,13 +281,13 @@ def test_download_truncated_every_time_is_a_clear_error(cds, cfg):
     with pytest.raises(
         SeqvitError, match=r"CDS request pressure-levels/2018/01 .* failed 3 times; last error: connection problem"
     ):
-        download(cfg, [PRESSURE])
+        download(cfg, [PRESSURE], Layout(cfg).raw_dir)
     assert_nothing_accepted(cfg, PRESSURE)
 
 
 def test_garbage_of_the_right_size_is_fetched_again(cds, cfg):
     cds.faults.corrupt_downloads = 1
-    assert download(cfg, [PRESSURE]) == {PRESSURE: "fetched"}
+    assert download(cfg, [PRESSURE], Layout(cfg).raw_dir) == {PRESSURE: "fetched"}
     assert cds.count("download") == 2 and cds.count("execution", "POST") == 1
 
 
@@ -296,27 +296,27 @@ def test_file_missing_one_time_step_is_rejected(cds, cfg):
     with pytest.raises(
         SeqvitError, match=r"lacks 1 of the 62 requested time steps \(2018-01-31T12:00\).*rerun later"
     ) as info:
-        download(cfg, [PRESSURE])
+        download(cfg, [PRESSURE], Layout(cfg).raw_dir)
     assert_nothing_accepted(cfg, PRESSURE)
     # the message names the request and the file it was to become, not a temporary that is gone
     assert f"CDS request {PRESSURE}" in str(info.value) and f"for {final(cfg, PRESSURE)}" in str(info.value)
     assert ".tmp" not in str(info.value) and "/delivery" not in str(info.value)
     # nothing is remembered of the bad job: the next run asks the CDS again
     cds.faults.drop_time_steps = 0
-    assert download(cfg, [PRESSURE]) == {PRESSURE: "fetched"}
+    assert download(cfg, [PRESSURE], Layout(cfg).raw_dir) == {PRESSURE: "fetched"}
     assert cds.count("execution", "POST") == 2
 
 
 def test_field_entirely_missing_is_rejected(cds, cfg):
     cds.faults.empty_field = ("t", 3)
     with pytest.raises(SeqvitError, match=r"variable 't' is entirely missing at 2018-01-02T12:00 at 850 hPa"):
-        download(cfg, [PRESSURE])
+        download(cfg, [PRESSURE], Layout(cfg).raw_dir)
     assert_nothing_accepted(cfg, PRESSURE)
 
 
 def test_era5_and_era5t_mixed_in_one_month(cds, cfg):
     cds.faults.era5t_from = "2018-01-25"
-    assert download(cfg) == {SINGLE: "fetched", PRESSURE: "fetched"}
+    assert download(cfg, None, Layout(cfg).raw_dir) == {SINGLE: "fetched", PRESSURE: "fetched"}
     for request_id in (SINGLE, PRESSURE):  # the zip is rewritten, the netCDF kept: both keep expver
         assert manifest(cfg, request_id)["content"]["expver"] == {"0001": 48, "0005": 14}
         data = era5.open_raw(final(cfg, request_id))
@@ -346,7 +346,7 @@ def test_killed_mid_download_leaves_no_file_and_the_rerun_resumes_the_same_job(c
 
     cds.faults.stall_download.set()
     cds.faults.stall_download = None
-    assert download(cfg, [PRESSURE]) == {PRESSURE: "fetched"}
+    assert download(cfg, [PRESSURE], Layout(cfg).raw_dir) == {PRESSURE: "fetched"}
     assert cds.count("execution", "POST") == 1  # the job was resumed, not queued again
     record = manifest(cfg, PRESSURE)
     assert record["parts"][0]["request_id"] == first_job and "resumed" in record["parts"][0]
@@ -362,10 +362,10 @@ def test_the_key_appears_in_no_log_exception_or_file(cds, cfg, tmp_path, monkeyp
     texts = []
     cds.fail("job", 500, times=4)
     cds.faults.truncate_downloads = 1
-    download(cfg, [SINGLE])
+    download(cfg, [SINGLE], Layout(cfg).raw_dir)
     cds.faults.drop_time_steps = 1
     with pytest.raises(SeqvitError) as info:
-        download(cfg, [PRESSURE])
+        download(cfg, [PRESSURE], Layout(cfg).raw_dir)
     texts.append(str(info.value))
     wrong = "wrong-token-4f0b2c"
     monkeypatch.setenv("CDSAPI_KEY", wrong)
@@ -387,7 +387,7 @@ def test_a_job_that_keeps_failing_is_resubmitted_a_bounded_number_of_times_then_
     """The CDS answers 400 to the results of a failed job: that is a failed job, not an invalid request."""
     cds.faults.fail_jobs = 100
     with pytest.raises(SeqvitError) as info:
-        download(cfg, [SINGLE])
+        download(cfg, [SINGLE], Layout(cfg).raw_dir)
     message = str(info.value)
     assert "failed 3 times; last error: the CDS job failed: The job has failed: injected failure" in message
     assert "MarsError: no data for 2018-01" in message and "invalid" not in message
@@ -399,7 +399,7 @@ def test_a_non_square_grid_is_asked_for_east_west_first_and_verifies(cds, cfg):
     """MARS reads grid=dlon/dlat (east-west increment first); source.grid is [dlat, dlon]."""
     cfg["source"]["grid"] = [30, 45]  # 7 latitudes (90..-90), 8 longitudes (0..315)
     assert find_request(cfg, SINGLE).cds_request()["grid"] == [45, 30]
-    assert download(cfg, [SINGLE]) == {SINGLE: "fetched"}
+    assert download(cfg, [SINGLE], Layout(cfg).raw_dir) == {SINGLE: "fetched"}
     assert manifest(cfg, SINGLE)["content"]["grid"] == [7, 8]
 
 
@@ -410,7 +410,7 @@ def test_retry_after_is_honoured_and_waits_start_short(cds, cfg):
     cfg["source"]["retry"].update(client_retry_max=1, backoff_s=0.01, backoff_max_s=5)
     cds.fail("execution", 429, times=2, retry_after=2)
     source = CdsSource(cfg, raw_dir(cfg), sleep=waits.append)
-    assert download(cfg, [SINGLE], source=source) == {SINGLE: "fetched"}
+    assert download(cfg, [SINGLE], Layout(cfg).raw_dir, source=source) == {SINGLE: "fetched"}
     assert waits == [2.0, 2.0]  # the server's Retry-After, not our 0.01 s
     assert cds.count("execution", "POST", 429) == 2 and cds.count("execution", "POST", 201) == 1
     defaults = retry_settings({"source": {"kind": "cds"}})

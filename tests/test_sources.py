@@ -79,7 +79,7 @@ def wb2_cfg(demo_cfg, tmp_path, wb2_store):
 
 def test_weatherbench2_store_becomes_verified_raw_files_and_regrids_as_identity(wb2_cfg, wb2_store, tmp_path):
     _, store = wb2_store
-    outcome = download(wb2_cfg)
+    outcome = download(wb2_cfg, None, Layout(wb2_cfg).raw_dir)
     assert sorted(outcome.values()) == ["fetched"] * 4
     layout = Layout(wb2_cfg)
     record = json.loads(find_request(wb2_cfg, "pressure-levels/2018/02").manifest_path(layout.raw_dir).read_text())
@@ -108,18 +108,18 @@ def test_weatherbench2_store_becomes_verified_raw_files_and_regrids_as_identity(
                 else:
                     expected = expected.transpose("time", "latitude", "longitude")
                 np.testing.assert_array_equal(regridded[short].values, expected.values)  # identity, bit for bit
-    assert download(wb2_cfg) == {key: "kept" for key in outcome}
+    assert download(wb2_cfg, None, Layout(wb2_cfg).raw_dir) == {key: "kept" for key in outcome}
 
 
 def test_weatherbench2_gaps_and_names_are_clear_errors(wb2_cfg):
     wb2_cfg["data"]["hours"] = [0, 3]
     with pytest.raises(SeqvitError, match=r"lacks 31 time steps of single-levels 2018-01 .* every 6 hours.*data.hours"):
-        download(wb2_cfg, ["single-levels/2018/01"])
+        download(wb2_cfg, ["single-levels/2018/01"], Layout(wb2_cfg).raw_dir)
     wb2_cfg["data"].update(hours=[0], single_level=["msl"])
     with pytest.raises(SeqvitError, match=r"holds no variable mean_sea_level_pressure \(msl\).*source.variable_names"):
-        download(wb2_cfg, ["single-levels/2018/01"])
+        download(wb2_cfg, ["single-levels/2018/01"], Layout(wb2_cfg).raw_dir)
     wb2_cfg["source"]["variable_names"] = {"msl": "10m_u_component_of_wind"}  # a mapping is honoured
-    assert download(wb2_cfg, ["single-levels/2018/01"]) == {"single-levels/2018/01": "fetched"}
+    assert download(wb2_cfg, ["single-levels/2018/01"], Layout(wb2_cfg).raw_dir) == {"single-levels/2018/01": "fetched"}
     assert not list(Layout(wb2_cfg).raw_dir.rglob("*.tmp"))
 
 
@@ -129,7 +129,7 @@ def test_public_store_without_gcsfs_says_what_to_install(wb2_cfg):
         "gs://weatherbench2/datasets/era5/1959-2023_01_10-6h-64x32_equiangular_conservative.zarr"
     )
     with pytest.raises(SeqvitError, match=r"needs gcsfs: pip install 'seqvit\[gcs\]'"):
-        download(wb2_cfg, ["single-levels/2018/01"])
+        download(wb2_cfg, ["single-levels/2018/01"], Layout(wb2_cfg).raw_dir)
 
 
 # ---- local files ---------------------------------------------------------------------------------
@@ -211,7 +211,7 @@ def local_cfg(demo_cfg, tmp_path, local_dir):
 
 
 def test_local_files_of_every_layout_become_verified_raw_files(local_cfg, local_dir):
-    assert sorted(download(local_cfg).values()) == ["fetched"] * 4
+    assert sorted(download(local_cfg, None, Layout(local_cfg).raw_dir).values()) == ["fetched"] * 4
     layout = Layout(local_cfg)
     jan = pd.date_range("2018-01-01", "2018-01-31T12:00", freq="12h")
     t2m = era5.open_raw(layout.raw_year("single-levels", 2018))
@@ -231,14 +231,14 @@ def test_local_files_of_every_layout_become_verified_raw_files(local_cfg, local_
 def test_local_duplicates_and_gaps_are_errors_that_name_the_files(local_cfg, local_dir):
     shutil.copy(local_dir / "sfc" / "t2m_201801.nc", local_dir / "t2m_201801_copy.nc")
     with pytest.raises(SeqvitError, match=r"t2m at 2018-01-01 00:00 is in both .*t2m_201801.*copy.nc"):
-        download(local_cfg, ["single-levels/2018/01"])
+        download(local_cfg, ["single-levels/2018/01"], Layout(local_cfg).raw_dir)
     (local_dir / "t2m_201801_copy.nc").unlink()
     (local_dir / "sfc" / "201802.zip").unlink()
     with pytest.raises(SeqvitError, match=r"no file holds \['t2m'\] in 2018-02"):
-        download(local_cfg, ["single-levels/2018/02"])
+        download(local_cfg, ["single-levels/2018/02"], Layout(local_cfg).raw_dir)
     local_cfg["data"]["hours"] = [0, 6, 12]
     with pytest.raises(SeqvitError, match=r"no file holds t2m at 31 of the 93 time steps of single-levels 2018-01"):
-        download(local_cfg, ["single-levels/2018/01"])
+        download(local_cfg, ["single-levels/2018/01"], Layout(local_cfg).raw_dir)
     assert not list(Layout(local_cfg).raw_dir.rglob("*.nc"))
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from seqvit.data.sources.plan import plan_requests
+
 GROUPS = {"single-levels": "single_level", "pressure-levels": "pressure_level"}
 
 
@@ -36,8 +38,6 @@ class Layout:
     def raw_requests(self) -> dict:
         """Downloaded sources: request id -> Request (one raw file each), in plan order; cached."""
         if getattr(self, "_requests", None) is None:
-            from seqvit.data.sources.plan import plan_requests
-
             self._requests = {request.id: request for request in plan_requests(self.cfg)}
             self._requests_by_year: dict = {}
             for request in self._requests.values():

@@ -1,7 +1,7 @@
 """Raw ERA5 from a source other than the embedded one: cds, weatherbench2 or local.
 
     plan_requests(cfg)                   every request (= raw file) of the config, no network
-    download(cfg, request_ids=None)      fetch what is missing, verify, record, rename into place
+    download(cfg, request_ids, raw_dir)  fetch what is missing, verify, record, rename into place
 
 Every source ends in the same place: raw/{group}/{year}/{stem}.nc in the CDS netCDF layout,
 verified against its request (seqvit.data.sources.verify), with a manifest in
@@ -15,6 +15,7 @@ import importlib
 import logging
 from typing import Protocol
 
+from seqvit import lineage
 from seqvit.data.sources import state
 from seqvit.data.sources.plan import DOWNLOADERS, Request, describe, find_request, plan_requests, source_settings
 from seqvit.errors import SeqvitError
@@ -57,18 +58,15 @@ SYNTHETIC_HINT = (
 )
 
 
-def download(cfg: dict, request_ids=None, raw_dir=None, log: logging.Logger = LOG, source=None) -> dict[str, str]:
-    """Fetch every planned request (or those named) that has no verified file yet.
+def download(cfg: dict, request_ids, raw_dir, log: logging.Logger = LOG, source=None) -> dict[str, str]:
+    """Fetch every planned request (or those named; None: all) that has no verified file yet into
+    raw_dir (seqvit.layout.Layout(cfg).raw_dir in the workflow).
 
     Returns {request id: "fetched" | "kept"}. Stops at the first request that fails, with its
     error; files verified before it stay.
     """
-    from seqvit import lineage
-    from seqvit.layout import Layout
-
     if source is None and source_settings(cfg).kind == "synthetic":
         raise SeqvitError(SYNTHETIC_HINT)
-    raw_dir = raw_dir if raw_dir is not None else Layout(cfg).raw_dir
     if request_ids:
         requests = [find_request(cfg, request_id) for request_id in request_ids]
     else:
