@@ -11,12 +11,12 @@ import xarray as xr
 import yaml
 from scipy.ndimage import map_coordinates
 
-from seqvit.data import synthetic
+from seqvit.data import atmosphere, synthetic
 from seqvit.data.era5 import open_raw
 from seqvit.errors import SeqvitError
 from seqvit.layout import Layout
 
-A = synthetic.EARTH_RADIUS_M
+A = atmosphere.EARTH_RADIUS_M
 
 
 def tiny(cfg, seed=0):
@@ -47,7 +47,7 @@ def load(path, name, level=None):
 
 
 def test_spectral_derivatives_are_exact():
-    channel = synthetic._Channel(33, 64)
+    channel = atmosphere._Channel(33, 64)
     y = np.deg2rad(channel.lat)[:, None] + np.pi / 2  # 0 at the south pole, pi at the north pole
     x = np.deg2rad(channel.lon)[None, :]
     even = np.cos(3 * y) * np.cos(2 * x) + 0.5 * np.cos(y)  # cosine series: zero slope at the walls
@@ -220,11 +220,11 @@ def test_diurnal_cycle_follows_local_solar_time(generated):
 
 
 def test_seasonal_cycle_is_opposite_in_the_hemispheres():
-    channel = synthetic._Channel(33, 64)
-    geo = synthetic._make_geography(channel, np.random.default_rng(0), synthetic.Physics())
-    climate = synthetic._Climate(channel, geo, 0.3, 0.8)
-    january, _ = climate.equilibrium(synthetic._season_phase(15))
-    july, _ = climate.equilibrium(synthetic._season_phase(196))
+    channel = atmosphere._Channel(33, 64)
+    geo = atmosphere._make_geography(channel, np.random.default_rng(0), atmosphere.Physics())
+    climate = atmosphere._Climate(channel, geo, 0.3, 0.8)
+    january, _ = climate.equilibrium(atmosphere._season_phase(15))
+    july, _ = climate.equilibrium(atmosphere._season_phase(196))
     north, south = channel.lat > 30, channel.lat < -30
     assert (july - january)[north].mean() > 5 and (january - july)[south].mean() > 5
     land = geo.land > 0.5
