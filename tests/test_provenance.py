@@ -9,10 +9,12 @@ import pandas as pd
 import pytest
 import yaml
 
+from seqvit.errors import SeqvitError
 from seqvit.layout import Layout
 from seqvit.provenance import crate as crate_mod
-from seqvit.provenance import tables
+from seqvit.provenance import record, tables
 
+ROOT = Path(__file__).resolve().parents[1]
 FAKE_KEY = "a1b2c3d4-e5f6-7890-abcd-ef1234567890"
 SBATCH = "--nodes=1 --ntasks=2 --partition=batch --time=120 --signal=USR1@600"  # describe_sbatch, a param of train
 HOST = "node-q7x-unlikely.example.org"
@@ -182,8 +184,19 @@ def _recorded_times(workdir: Path, output: str) -> tuple[str, str]:
 
 
 def build(run, **kw):
+    """The bundle of the run, recording this repository's workflow (its Snakefile, rules, git state)."""
     workdir, cfg, config_path = run
+    kw.setdefault("snakefile", ROOT / "Snakefile")
     return crate_mod.build_provenance(cfg, Layout(cfg), [config_path], workdir / ".snakemake", workdir=workdir, **kw)
+
+
+def test_a_missing_snakefile_is_named_with_the_fix(run):
+    workdir = run[0]
+    with pytest.raises(
+        SeqvitError, match=r"nowhere/Snakefile: the workflow's Snakefile was not found; pass it with --snakefile"
+    ):
+        build(run, validate=False, snakefile=workdir / "nowhere" / "Snakefile")
+    assert not (workdir / "results" / "provenance").exists()
 
 
 def test_crate_has_one_action_per_job_with_checksums(run):
@@ -385,7 +398,7 @@ def test_table_captions_give_the_units_of_each_variable(tmp_path):
     ],
 )
 def test_only_url_remotes_are_recorded(remote, recorded):
-    assert crate_mod.public_remote(remote) == recorded
+    assert record.public_remote(remote) == recorded
 
 
 def test_git_state_leaves_out_a_local_remote(tmp_path):
@@ -397,17 +410,17 @@ def test_git_state_leaves_out_a_local_remote(tmp_path):
     git("init", "-q")
     git("-c", "user.name=t", "-c", "user.email=t@example.org", "commit", "-q", "--allow-empty", "-m", "x")
     git("remote", "add", "origin", str(tmp_path.parent / "elsewhere" / "seqvit"))
-    state = crate_mod.git_state(tmp_path)
+    state = record.git_state(tmp_path)
     assert state["commit"] and state["remote"] is None
     git("remote", "set-url", "origin", "https://tok@github.com/owner/seqvit.git")
-    assert crate_mod.git_state(tmp_path)["remote"] == "https://github.com/owner/seqvit.git"
+    assert record.git_state(tmp_path)["remote"] == "https://github.com/owner/seqvit.git"
 
 
 def test_host_names_only_with_record_hosts(run, monkeypatch):
     from seqvit import cli
 
     workdir, cfg, config_path = run
-    monkeypatch.setattr(crate_mod.socket, "gethostname", lambda: HOST)
+    monkeypatch.setattr(record.socket, "gethostname", lambda: HOST)
     assert cli.main(["provenance", "--config", str(config_path), "--no-validate"]) == 0
     out = workdir / "results" / "provenance"
     for path in out.rglob("*"):

@@ -164,6 +164,7 @@ def cmd_provenance(args):
         Path(args.snakemake_dir),
         validate=not args.no_validate,
         record_hosts=args.record_hosts,
+        snakefile=Path(args.snakefile),
     )
     print(f"wrote {out}")
 
@@ -300,6 +301,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--snakemake-dir", default=".snakemake", metavar="DIR", help="Snakemake's state folder (job records)"
+    )
+    p.add_argument(
+        "--snakefile",
+        default="Snakefile",
+        metavar="FILE",
+        help="the workflow's main Snakefile; it and its rules (workflow/) go into the crate (default: ./Snakefile)",
     )
     p.add_argument("--no-validate", action="store_true", help="skip the RO-Crate validator even when it is installed")
     p.add_argument(

@@ -24,24 +24,25 @@ non-secret facts, and every text written is checked against the CDS key (CDSAPI_
 from __future__ import annotations
 
 import ast
-import base64
-import datetime as dt
-import hashlib
 import importlib.metadata as im
 import json
 import os
-import platform
-import re
 import shutil
-import socket
-import subprocess
-import urllib.parse
 from pathlib import Path
 
 import yaml
 
 from seqvit.errors import SeqvitError
 from seqvit.io import atomic_path
+from seqvit.provenance.record import (
+    benchmark_for,
+    check_no_secret,
+    environment,
+    iso_time,
+    known_secrets,
+    sha256_path,
+    snakemake_jobs,
+)
 
 PROFILES = {
     "process": "https://w3id.org/ro/wfrun/process/0.5",
@@ -49,239 +50,6 @@ PROFILES = {
     "provenance": "https://w3id.org/ro/wfrun/provenance/0.5",
     "wroc": "https://w3id.org/workflowhub/workflow-ro-crate/1.0",
 }
-PACKAGES = [
-    "seqvit",
-    "snakemake",
-    "torch",
-    "numpy",
-    "xarray",
-    "pandas",
-    "netCDF4",
-    "zarr",
-    "scipy",
-    "scikit-learn",
-    "matplotlib",
-    "cdsapi",
-    "rocrate",
-    "roc-validator",
-    "deepspeed",
-    "pyyaml",
-]
-ROOT = Path(__file__).resolve().parents[3]  # the repository (src/seqvit/provenance/crate.py)
-
-
-# ---------------------------------------------------------------- secrets
-
-
-def known_secrets() -> list[str]:
-    """The CDS key(s) this process could see, to make sure none is ever written."""
-    secrets = []
-    if os.environ.get("CDSAPI_KEY"):
-        secrets.append(os.environ["CDSAPI_KEY"].strip())
-    rc = Path(os.environ.get("CDSAPI_RC", os.path.expanduser("~/.cdsapirc")))
-    try:
-        for line in rc.read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "key" and value.strip():
-                secrets.append(value.strip())
-    except OSError:
-        pass
-    return [s for s in secrets if len(s) >= 6]
-
-
-def check_no_secret(text: str, where: str, secrets: list[str]) -> None:
-    for secret in secrets:
-        if secret in text or (len(secret) >= 16 and secret[: len(secret) // 2] in text):
-            raise SeqvitError(f"{where}: would contain the CDS key; refusing to write it (report this as a bug)")
-
-
-# ---------------------------------------------------------------- environment
-
-
-def sha256_path(path: Path) -> tuple[str, int]:
-    """sha256 and size of a file; of a directory, the sha256 over its files' relative paths and sha256."""
-    path = Path(path)
-    if path.is_dir():
-        digest, size = hashlib.sha256(), 0
-        for f in sorted(p for p in path.rglob("*") if p.is_file()):
-            h, n = sha256_path(f)
-            digest.update(f"{f.relative_to(path).as_posix()}\0{h}\n".encode())
-            size += n
-        return digest.hexdigest(), size
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest(), path.stat().st_size
-
-
-_URL_SCHEMES = ("https", "http", "ssh", "git", "git+ssh", "ssh+git")
-_SCP_LIKE = re.compile(r"^[\w.-]+@[\w.-]+:(?!//)\S+$")  # git@github.com:owner/repo.git
-
-
-def public_remote(url: str | None) -> str | None:
-    """A git remote as a URL others can use, with no credential; None for a local path or file:// URL."""
-    url = (url or "").strip()
-    if _SCP_LIKE.match(url):
-        return url
-    try:
-        parts = urllib.parse.urlsplit(url)
-        host = parts.hostname
-    except ValueError:
-        return None
-    if parts.scheme.lower() not in _URL_SCHEMES or not host:
-        return None
-    userinfo, _, hostport = parts.netloc.rpartition("@")
-    # an https user name may be a token (https://TOKEN@host/...); an ssh user name without password is not
-    ssh = parts.scheme.lower() in ("ssh", "git+ssh", "ssh+git")
-    user = userinfo if ssh and userinfo and ":" not in userinfo else ""
-    netloc = f"{user}@{hostport}" if user else hostport
-    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", ""))  # a query may carry a token too
-
-
-def git_state(repo: Path = ROOT) -> dict:
-    def git(*args):
-        return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=30)
-
-    head = git("rev-parse", "HEAD")
-    if head.returncode:
-        return {"commit": None, "dirty": None, "note": "not a git checkout"}
-    status = git("status", "--porcelain", "--untracked-files=no")
-    remote = public_remote(git("config", "--get", "remote.origin.url").stdout)
-    return {
-        "commit": head.stdout.strip(),
-        "dirty": bool(status.stdout.strip()),
-        "changed_files": [line[3:] for line in status.stdout.splitlines()],
-        "remote": remote or None,
-    }
-
-
-def package_versions() -> dict:
-    out = {}
-    for name in PACKAGES:
-        try:
-            out[name] = im.version(name)
-        except im.PackageNotFoundError:
-            continue
-    return out
-
-
-def hardware(record_host: bool = False) -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem_gb = None
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal"):
-                mem_gb = round(int(line.split()[1]) / 2**20, 1)
-    except OSError:
-        pass
-    gpus = None
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
-            gpus = f"{len(names)} x {names[0]}"
-    except Exception:
-        pass
-    out = {
-        "cpu": cpu,
-        "cpu_count": os.cpu_count(),
-        "memory_gb": mem_gb,
-        "gpus": gpus,
-        "os": f"{platform.system()} {platform.release()}",
-        "machine": platform.machine(),
-    }
-    if record_host:
-        out["host"] = socket.gethostname()
-    return out
-
-
-def environment(record_hosts: bool = False) -> dict:
-    return {
-        "python": platform.python_version(),
-        "packages": package_versions(),
-        "hardware": hardware(record_hosts),
-        "git": git_state(),
-        "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
-        "recorded": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-    }
-
-
-# ---------------------------------------------------------------- Snakemake job records
-
-
-def _decode_key(metadata_dir: Path, path: Path) -> str:
-    parts = path.relative_to(metadata_dir).parts
-    b64 = "".join(p[1:] if p.startswith("@") else p for p in parts)
-    return base64.urlsafe_b64decode(b64.encode()).decode()
-
-
-def snakemake_jobs(snakemake_dir: Path, results_root: Path, workdir: Path | None = None) -> list[dict]:
-    """One dict per job that produced files under results_root and whose outputs still exist.
-
-    Snakemake keeps one record per output file; the outputs of one job share rule, job hash and
-    end time (their start times differ by microseconds; the earliest is the job's). Sorted by start.
-    """
-    workdir = Path(workdir or Path.cwd()).resolve()
-    metadata_dir = Path(snakemake_dir) / "metadata"
-    if not metadata_dir.is_dir():
-        raise SeqvitError(
-            f"{metadata_dir}: no Snakemake job records; run the workflow with Snakemake first "
-            "(or pass --snakemake-dir, the .snakemake folder of the working directory it ran in)"
-        )
-    root = (workdir / results_root).resolve()
-    jobs: dict = {}
-    for record_path in sorted(p for p in metadata_dir.rglob("*") if p.is_file()):
-        try:
-            output = _decode_key(metadata_dir, record_path)
-            record = json.loads(record_path.read_text())
-        except (ValueError, UnicodeDecodeError):
-            continue
-        out_abs = (workdir / output).resolve()
-        if record.get("incomplete") or not out_abs.exists() or root not in out_abs.parents:
-            continue
-        # Snakemake stamps each output's start a few microseconds apart; the end time is the job's.
-        key = (record.get("rule"), record.get("job_hash"), record.get("endtime"))
-        job = jobs.setdefault(key, {**record, "output": []})
-        job["output"].append(output)
-        if record.get("starttime") and (not job.get("starttime") or record["starttime"] < job["starttime"]):
-            job["starttime"] = record["starttime"]
-    return sorted(jobs.values(), key=lambda j: (j.get("starttime") or 0, j.get("rule") or ""))
-
-
-def benchmark_for(job: dict, workdir: Path) -> dict | None:
-    """The job's benchmark row (the workflow writes logs/X.log beside benchmarks/X.tsv)."""
-    import pandas as pd
-
-    for log in job.get("log") or []:
-        if "/logs/" not in log and not log.startswith("logs/"):
-            continue
-        bench = Path(workdir) / (
-            log.replace("/logs/", "/benchmarks/", 1) if "/logs/" in log else "benchmarks/" + log[5:]
-        )
-        bench = bench.with_suffix(".tsv")
-        if bench.exists():
-            row = pd.read_csv(bench, sep="\t").iloc[-1].to_dict()
-            return {
-                k: (None if pd.isna(v) else v)
-                for k, v in row.items()
-                if k in ("s", "max_rss", "max_vms", "cpu_time", "mean_load")
-            }
-    return None
-
-
-def _iso(ts) -> str | None:
-    return dt.datetime.fromtimestamp(ts, dt.timezone.utc).isoformat(timespec="seconds") if ts else None
-
-
 # ---------------------------------------------------------------- the crate
 
 
@@ -304,8 +72,12 @@ def build_provenance(
     validate: bool = True,
     workdir: Path | None = None,
     record_hosts: bool = False,
+    snakefile: Path | None = None,
 ) -> Path:
     """Write <results>/provenance/{ro-crate-metadata.json, methods.md, tables/*.tex, ...}; return the folder.
+
+    snakefile: the workflow's main Snakefile (default: ./Snakefile, where Snakemake runs); it, the
+    rules beside it in workflow/ and its checkout's git state go into the crate.
 
     record_hosts: also record the host name of this machine and of each local job (off by default:
     a bundle meant for publication should not name the machines it ran on).
@@ -317,9 +89,15 @@ def build_provenance(
     if not metrics.exists():  # the tables and methods.md are built from the scores
         raise SeqvitError(f"{metrics}: scores not found; run the evaluate stage first")
     workdir = Path(workdir or Path.cwd()).resolve()
+    snakefile = Path(snakefile or workdir / "Snakefile").resolve()
+    if not snakefile.is_file():
+        raise SeqvitError(
+            f"{snakefile}: the workflow's Snakefile was not found; pass it with --snakefile "
+            "(the workflow rule passes the one Snakemake runs)"
+        )
     secrets = known_secrets()
     out = Path(layout.root) / "provenance"
-    env = environment(record_hosts)
+    env = environment(snakefile.parent, record_hosts)
     jobs = snakemake_jobs(snakemake_dir, layout.root, workdir)
 
     # Build in a temporary folder, rename into place at the end: complete or absent.
@@ -348,7 +126,7 @@ def build_provenance(
         check_no_secret(req_text, "cds_requests.json", secrets)
         (tmp / "cds_requests.json").write_text(req_text)
 
-        crate = _crate(cfg, layout, config_paths, jobs, env, written_tables, tmp, workdir)
+        crate = _crate(cfg, layout, config_paths, jobs, env, written_tables, tmp, workdir, snakefile)
         crate.metadata.write(tmp)  # the files listed above are already in place; only the metadata is written
         text = (tmp / "ro-crate-metadata.json").read_text()
         check_no_secret(text, "ro-crate-metadata.json", secrets)
@@ -394,7 +172,7 @@ def _rel(path: Path, base: Path) -> str:
     return Path(os.path.relpath(Path(path).resolve(), base.resolve())).as_posix()
 
 
-def _crate(cfg, layout, config_paths, jobs, env, written_tables, crate_dir: Path, workdir: Path):
+def _crate(cfg, layout, config_paths, jobs, env, written_tables, crate_dir: Path, workdir: Path, snakefile: Path):
     from rocrate.model.contextentity import ContextEntity
     from rocrate.model.softwareapplication import SoftwareApplication
     from rocrate.rocrate import ROCrate
@@ -435,7 +213,7 @@ def _crate(cfg, layout, config_paths, jobs, env, written_tables, crate_dir: Path
         if abs_path.exists():
             digest, size = sha256_path(abs_path)
             props.update(sha256=digest, contentSize=str(size))
-            props["dateModified"] = _iso(abs_path.stat().st_mtime)
+            props["dateModified"] = iso_time(abs_path.stat().st_mtime)
             if abs_path.is_dir():
                 props["description"] = (
                     "folder; sha256 over its files' relative paths and sha256 (seqvit.provenance.crate.sha256_path)"
@@ -447,15 +225,15 @@ def _crate(cfg, layout, config_paths, jobs, env, written_tables, crate_dir: Path
         return entity
 
     # the workflow definition, copied into the crate (workflow/): Snakefile, rules, schema, captions
-    snakefile = ROOT / "Snakefile"
+    workflow_dir = snakefile.parent
     wf_files = (
         [snakefile]
-        + sorted((ROOT / "workflow").rglob("*.smk"))
-        + sorted((ROOT / "workflow").rglob("*.yaml"))
-        + sorted((ROOT / "workflow").rglob("*.rst"))
+        + sorted((workflow_dir / "workflow").rglob("*.smk"))
+        + sorted((workflow_dir / "workflow").rglob("*.yaml"))
+        + sorted((workflow_dir / "workflow").rglob("*.rst"))
     )
     for src in wf_files:
-        dest = crate_dir / "workflow" / src.relative_to(ROOT if src == snakefile else ROOT / "workflow")
+        dest = crate_dir / "workflow" / src.relative_to(workflow_dir if src == snakefile else workflow_dir / "workflow")
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src, dest)
     wf = crate.add_workflow(
@@ -470,7 +248,7 @@ def _crate(cfg, layout, config_paths, jobs, env, written_tables, crate_dir: Path
         },
     )
     for src in wf_files[1:]:
-        rel = src.relative_to(ROOT / "workflow").as_posix()
+        rel = src.relative_to(workflow_dir / "workflow").as_posix()
         # Included by the Snakefile; the workflow's hasPart lists only the tools its actions ran (the rules).
         crate.add_file(dest_path=f"workflow/{rel}", properties={"name": rel, "sha256": sha256_path(src)[0]})
     engine = crate.add(
@@ -617,8 +395,8 @@ def _crate(cfg, layout, config_paths, jobs, env, written_tables, crate_dir: Path
             )
         props = {
             "name": f"{rule} job {i}: {', '.join(Path(o).name for o in job['output'][:3])}{' ...' if len(job['output']) > 3 else ''}",
-            "startTime": _iso(job.get("starttime")),
-            "endTime": _iso(job.get("endtime")),
+            "startTime": iso_time(job.get("starttime")),
+            "endTime": iso_time(job.get("endtime")),
             "actionStatus": "http://schema.org/CompletedActionStatus",
         }
         if job.get("shellcmd"):
@@ -676,8 +454,8 @@ def _crate(cfg, layout, config_paths, jobs, env, written_tables, crate_dir: Path
         result=_final_outputs(files, final_dir, layout, workdir),
         properties={
             "name": f"seqvit run of {cfg.get('experiment', '')} ({len(jobs)} jobs)",
-            "startTime": _iso(min(starts)) if starts else env["recorded"],
-            "endTime": _iso(max(ends)) if ends else env["recorded"],
+            "startTime": iso_time(min(starts)) if starts else env["recorded"],
+            "endTime": iso_time(max(ends)) if ends else env["recorded"],
         },
     )
     run["additionalProperty"] = hw_props + git_props

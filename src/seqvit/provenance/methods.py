@@ -160,7 +160,7 @@ def training_record(cfg: dict, layout, jobs, workdir) -> dict:
     job record of the train job; device: the throughput line of its log; seconds and max_rss_mb:
     its benchmark.
     """
-    from seqvit.provenance.crate import benchmark_for
+    from seqvit.provenance.record import benchmark_for
 
     workdir = Path(workdir)
     out = {}
