@@ -68,3 +68,38 @@ def test_lazy_imports_count_and_an_edit_changes_only_the_hashes_that_cover_it(tm
     code.import_closure.cache_clear()
     assert code.stage_hash("data.a") != before["data.a"] and code.stage_hash("data.c") == before["data.c"]
     code.import_closure.cache_clear()
+
+
+def rule_commands() -> dict[str, str]:
+    """rule name -> the seqvit subcommand its shell runs, read from the rule files."""
+    found = {}
+    for path in RULE_FILES:
+        for rule, body in re.findall(r"(?m)^\s*rule (\w+):\n((?:\s{4,}.*\n|\n)*)", path.read_text()):
+            match = re.search(r"seqvit(?:\}|\s)+(\w+)", body.split("shell:")[-1]) if "shell:" in body else None
+            if match:
+                found[rule] = match.group(1)
+    return found
+
+
+@pytest.mark.parametrize("rule", sorted(stage_modules()))
+def test_hash_covers_the_modules_its_command_imports(rule):
+    """The modules the rule's `seqvit <command>` imports (its handler's imports in cli.py) are
+    hashed: a rule naming the wrong module would not rerun when the stage's code changes."""
+    import ast
+    import inspect
+
+    from seqvit.cli import build_parser
+
+    command = rule_commands().get(rule)
+    if command is None:  # train: its shell starts "{params.seqvit} train"
+        command = rule
+    parser = build_parser()
+    handler = next(a for a in parser._actions if a.dest == "command").choices[command].get_default("func")
+    imported = {
+        node.module.removeprefix("seqvit.")
+        for node in ast.walk(ast.parse(inspect.getsource(handler).strip()))
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("seqvit.")
+    }
+    covered = set(code.import_closure(*stage_modules()[rule]))
+    imported -= {"config", "layout", "errors"}  # the CLI's own plumbing, not the stage's code
+    assert imported <= covered, imported - covered

@@ -9,7 +9,8 @@ import xarray as xr
 
 from seqvit.data.era5 import open_raw
 from seqvit.data.grids import Grid, lat_bounds, latitude_weights, named_grid
-from seqvit.data.regrid import Regridder, regrid, regrid_files
+from seqvit.data.regrid import Regridder, regrid
+from seqvit.data.regrid_files import regrid_files
 from seqvit.errors import SeqvitError
 
 TARGET = named_grid("5.625deg")
@@ -445,7 +446,7 @@ def test_single_time_step_squeezed_by_cfgrib(tmp_path):
 def test_streaming_in_small_chunks_across_file_boundaries(tmp_path, monkeypatch):
     """Read chunks of 5 steps and output blocks of 7 that straddle the monthly files give exactly
     the in-memory result (the reader runs one chunk ahead of the regridding)."""
-    import seqvit.data.regrid as regrid_module
+    import seqvit.data.regrid_files as regrid_module
 
     source = era5_like_grid()
     step_in = source.shape[0] * source.shape[1] * 2 * 12  # two levels, float32 + float64 per point

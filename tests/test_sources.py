@@ -18,7 +18,7 @@ import yaml
 
 from seqvit.data import era5
 from seqvit.data.grids import named_grid
-from seqvit.data.regrid import regrid_files
+from seqvit.data.regrid_files import regrid_files
 from seqvit.data.sources import download, find_request
 from seqvit.data.sources.verify import Expectation, VerificationError, verify_file
 from seqvit.data.sources.writer import write_cds_netcdf

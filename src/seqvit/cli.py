@@ -45,7 +45,7 @@ def cmd_download(args):
 
 
 def cmd_regrid(args):
-    from seqvit.data.regrid import regrid_files
+    from seqvit.data.regrid_files import regrid_files
 
     *inputs, output = args.files
     if not inputs:

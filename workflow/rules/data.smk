@@ -88,7 +88,7 @@ rule regrid:
         config=CONFIG,
         grid=config["grid"],
         method=config.get("regrid", {}).get("method", "conservative"),
-        code=stage_hash("data.regrid"),
+        code=stage_hash("data.regrid_files"),
     message:
         "Regridding {wildcards.group} {wildcards.year} to {params.grid} ({params.method})"
     shell:
