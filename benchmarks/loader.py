@@ -25,7 +25,8 @@ import torch
 import xarray as xr
 import yaml
 
-from seqvit.data.loader import SampleOrder, SegmentBatches, SplitIndex, TokenStore, step_loader
+from seqvit.data.loader import SampleOrder, SegmentBatches, SplitIndex, step_loader
+from seqvit.data.token_store import TokenStore
 from seqvit.data.tokenize import open_tokens, tokenize
 from seqvit.model.vit import build_model
 from seqvit.parallel.groups import segment_bounds

@@ -16,10 +16,10 @@ from seqvit.data.loader import (
     SampleOrder,
     SegmentBatches,
     SplitIndex,
-    TokenStore,
     read_pairs,
     step_loader,
 )
+from seqvit.data.token_store import TokenStore
 from seqvit.data.tokenize import open_tokens, tokenize
 from seqvit.errors import SeqvitError
 from seqvit.parallel.groups import segment_bounds

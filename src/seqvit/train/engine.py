@@ -33,7 +33,8 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from seqvit import lineage
-from seqvit.data.loader import SampleOrder, SegmentBatches, SplitIndex, TokenStore, read_pairs, step_loader
+from seqvit.data.loader import SampleOrder, SegmentBatches, SplitIndex, read_pairs, step_loader
+from seqvit.data.token_store import TokenStore
 from seqvit.data.tokenize import store_identity, token_weights
 from seqvit.errors import SeqvitError
 from seqvit.io import atomic_path
