@@ -3,8 +3,8 @@ import torch
 
 from seqvit.data.tokenize import token_weights
 from seqvit.errors import SeqvitError
+from seqvit.model.attention import attention
 from seqvit.model.vit import ForecastViT, build_model
-from seqvit.parallel.attention import attention
 from seqvit.train.engine import weighted_mse
 
 GRID, P, C = (8, 16), 4, 3  # 2 x 4 patch grid: 8 tokens of 16 pixels

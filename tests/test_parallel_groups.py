@@ -9,8 +9,8 @@ import torch
 
 from seqvit.config import load_config
 from seqvit.errors import SeqvitError
+from seqvit.model.attention import attention, check_backend, flash_available, resolve_backend
 from seqvit.parallel import groups
-from seqvit.parallel.attention import attention, check_backend, flash_available, resolve_backend
 from seqvit.parallel.comm_stats import expected, sent_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -105,11 +105,17 @@ def test_communication_formulas():
     assert sent_bytes("all_to_all_single", 400, 4) == 300
     assert sent_bytes("all_gather", 100, 4) == 300
     assert sent_bytes("reduce_scatter", 400, 4) == 300
-    # 32K tokens, hidden 1024, P = 8, bf16: Ulysses sends 4 N h / P x (P-1)/P, LSS 2 N h (P-1)/P per rank
+    # 32K tokens, hidden 1024, P = 8, bf16, per rank and layer, worked by hand:
+    # a rank holds 4096 tokens; one [4096, 1024] bf16 tensor is 8 MiB, of which 7/8 leave the rank.
+    # Ulysses exchanges q, k, v forward and the output back: 4 x 7 MiB = 28 MiB.
+    # LSS sends its 8 MiB of K and of V to 7 ranks (all-gather forward) and reduce-scatters the
+    # gathered 64 MiB dK and dV (7/8 of them leave): 2 x 56 MiB = 112 MiB.
     n, h, p = 32768, 1024, 8
-    assert expected("ulysses", 1, n, h, p, 2)["forward"] == (2, 4 * n * h * 2 // p * (p - 1) // p)
-    assert expected("deepspeed-ulysses", 1, n, h, p, 2)["forward"] == (4, 4 * n * h * 2 // p * (p - 1) // p)
-    assert expected("lss", 1, n, h, p, 2)["backward"] == (1, 2 * n * h * 2 * (p - 1) // p)
+    mib = 1 << 20
+    assert expected("ulysses", 1, n, h, p, 2)["forward"] == (2, 28 * mib)
+    assert expected("deepspeed-ulysses", 1, n, h, p, 2)["forward"] == (4, 28 * mib)
+    assert expected("lss", 1, n, h, p, 2)["forward"] == (1, 112 * mib)
+    assert expected("lss", 1, n, h, p, 2)["backward"] == (1, 112 * mib)
 
 
 def test_parallel_keys_in_config_and_on_the_command_line():

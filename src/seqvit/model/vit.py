@@ -28,7 +28,7 @@ import torch.utils.checkpoint
 from torch import nn
 
 from seqvit.errors import SeqvitError
-from seqvit.parallel.attention import attention
+from seqvit.model.attention import attention
 from seqvit.patches import check_patch_size
 
 

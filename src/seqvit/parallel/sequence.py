@@ -1,6 +1,6 @@
 """What every sequence-parallel attention shares: segment bookkeeping, padding, the local kernel.
 
-A sequence-parallel attention is a callable backend for seqvit.parallel.attention.attention:
+A sequence-parallel attention is a callable backend for seqvit.model.attention.attention:
 it receives this rank's q, k, v [batch, local seq, heads, head_dim] (the local segment of the
 token sequence), exchanges what its method needs with the other ranks of the sequence-parallel
 group, runs the local kernel (sdpa, flash, math) and returns this rank's output segment.
@@ -20,8 +20,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from seqvit.errors import SeqvitError
+from seqvit.model.attention import attention, check_backend
 from seqvit.parallel import groups
-from seqvit.parallel.attention import attention, check_backend
 
 
 class SequenceParallelAttention:

@@ -38,9 +38,9 @@ from seqvit.data.token_store import TokenStore
 from seqvit.data.tokenize import store_identity, token_weights
 from seqvit.errors import SeqvitError
 from seqvit.io import atomic_path
+from seqvit.model.attention import check_backend
 from seqvit.model.vit import build_model
 from seqvit.parallel import groups
-from seqvit.parallel.attention import check_backend
 from seqvit.parallel.shard import Shard
 from seqvit.provenance.code import stage_hash
 from seqvit.train import throughput
