@@ -18,7 +18,11 @@ CFG = {
     "experiment": "unit",
     "data": {"years": [2003], "hours": HOURS, "single_level": ["t2m"], "pressure_level": ["t"], "levels": [850]},
     "splits": {"train": [2001], "val": [2002], "test": [2003]},
-    "evaluate": {"variables": CHANNELS, "lead_hours": [6, 24]},
+    "evaluate": {
+        "variables": CHANNELS,
+        "lead_hours": [6, 24],
+        "bootstrap": {"resamples": 200, "confidence": 0.9, "seed": 0},
+    },
 }
 FORECAST_ATTRS = {lineage.ATTR: lineage.dumps(lineage.forecast(CFG))}
 
@@ -94,7 +98,17 @@ def test_evaluate_writes_tables_and_figures(setup, capsys):
         "mse",
         "rmse_mean_per_time",
         "n_times",
+        "rmse_low",
+        "rmse_high",
+        "acc_low",
+        "acc_high",
     ]
+    # every interval holds its estimate; a forecast off by exactly 1 K everywhere has no spread to show
+    assert (metrics["rmse_low"] <= metrics["rmse"] + 1e-12).all() and (
+        metrics["rmse"] <= metrics["rmse_high"] + 1e-12
+    ).all()
+    persistence_rows = metrics[metrics["model"] == "persistence"]
+    assert (persistence_rows["rmse_high"] > persistence_rows["rmse_low"]).all()
     assert len(metrics) == 3 * 2 * 2 and (metrics["run"] == "unit").all()
     pd.testing.assert_frame_equal(metrics, table, check_dtype=False)
     vit_rows = metrics[metrics["model"] == "vit-p4"]

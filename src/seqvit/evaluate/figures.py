@@ -186,11 +186,17 @@ def rmse_vs_seqlen(long: pd.DataFrame, change: pd.DataFrame, baselines: pd.DataF
         notes = []
         for i, lead in enumerate(leads):
             line = long[(long["variable"] == variable) & (long["lead_hours"] == lead)].sort_values("seq_len")
-            ch = change[(change["variable"] == variable) & (change["lead_hours"] == lead)]["change_pct"]
-            pct = float(ch.iloc[0]) if len(ch) else float("nan")
+            ch = change[(change["variable"] == variable) & (change["lead_hours"] == lead)]
+            pct = float(ch["change_pct"].iloc[0]) if len(ch) else float("nan")
             if not np.isnan(pct):
-                notes.append(f"{lead} h: {pct:+.1f}%")
+                if "change_low_pct" in ch.columns:  # the bootstrap interval of the change
+                    low, high = float(ch["change_low_pct"].iloc[0]), float(ch["change_high_pct"].iloc[0])
+                    notes.append(f"{lead} h: {pct:+.1f}% [{low:+.1f}, {high:+.1f}]")
+                else:
+                    notes.append(f"{lead} h: {pct:+.1f}%")
             ax.plot(line["seq_len"], line["rmse"], marker="o", linewidth=2.2, color=f"C{i}", label=f"ViT, {lead} h")
+            if "rmse_low" in line.columns:
+                ax.fill_between(line["seq_len"], line["rmse_low"], line["rmse_high"], color=f"C{i}", alpha=0.2)
             for model, (style, amount) in SEQLEN_BASELINE_LINES.items():
                 b = baselines[
                     (baselines["model"] == model)

@@ -1,7 +1,8 @@
 """The evaluate stage: score every prediction file against the regridded truth on the same cases.
 
 Writes, under out_dir:
-    metrics.csv       run, model, variable, lead_hours, rmse, acc, bias, mse, rmse_mean_per_time, n_times
+    metrics.csv       run, model, variable, lead_hours, rmse, acc, bias, mse, rmse_mean_per_time, n_times,
+                      and the bootstrap interval of rmse and acc (rmse_low/high, acc_low/high; uncertainty.py)
     rmse_table.csv    one row per model, one column per variable and lead (headline RMSE)
     per_time.nc       per-time mse, bias, acc (model, lead_hours, time, channel) for later reductions
     rmse_vs_lead.png  (+ .pdf) RMSE against lead, a panel per variable
@@ -23,7 +24,7 @@ from seqvit import lineage
 from seqvit.data.fields import open_channels
 from seqvit.data.stats import load_climatology
 from seqvit.errors import SeqvitError
-from seqvit.evaluate import figures, metrics
+from seqvit.evaluate import figures, metrics, uncertainty
 from seqvit.evaluate.baselines import climatology_for
 from seqvit.evaluate.sequence_length import write_sequence_length
 from seqvit.io import atomic_path
@@ -39,6 +40,10 @@ METRIC_COLUMNS = [
     "mse",
     "rmse_mean_per_time",
     "n_times",
+    "rmse_low",
+    "rmse_high",
+    "acc_low",
+    "acc_high",
 ]
 PREDICTION_DIMS = ("lead_hours", "time", "channel", "latitude", "longitude")
 
@@ -219,6 +224,11 @@ def evaluate(
                             "n_times": int(mse_t.sizes["time"]),
                         }
                     )
+        draws = uncertainty.draws_for(per_time, cfg["evaluate"]["bootstrap"])
+        for row in rows:
+            bounds = uncertainty.score_intervals(per_time[row["model"], row["lead_hours"]], draws)
+            k = channels.index(row["variable"])
+            row.update({key: float(values[k]) for key, values in bounds.items()})
     finally:
         for forecast in forecasts.values():
             forecast.close()
@@ -232,7 +242,7 @@ def evaluate(
     figures.rmse_vs_lead(table, out_dir / "rmse_vs_lead.png")
     _maps(cfg, paths, names, channels, leads, inits, per_lead, out_dir / "maps.png")
     _, change = write_sequence_length(
-        table, int(reference.sizes["latitude"]), int(reference.sizes["longitude"]), out_dir
+        table, int(reference.sizes["latitude"]), int(reference.sizes["longitude"]), out_dir, per_time, draws
     )
     if train_logs is not None:
         logs = {}
@@ -243,7 +253,8 @@ def evaluate(
         figures.loss_curves(logs, out_dir / "loss_curves.png")
 
     print(
-        f"Headline RMSE (sqrt of time-mean latitude-weighted MSE), run {cfg['experiment']}, {len(inits)} test init times:"
+        f"Headline RMSE (sqrt of time-mean latitude-weighted MSE), run {cfg['experiment']}, {len(inits)} test init times "
+        f"({100 * draws.confidence:.0f}% intervals in metrics.csv: block bootstrap, blocks of {draws.block} init times):"
     )
     print(wide.to_string(float_format=lambda x: f"{x:.3f}"))
     if not change.empty:

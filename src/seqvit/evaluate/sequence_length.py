@@ -5,10 +5,13 @@ sequence length (tokens per sample after variable aggregation) is (nlat/P) * (nl
 is scored by the evaluate stage on the same test cases; this module only rearranges those scores.
 
 Outputs (written by :func:`write_sequence_length`):
-    rmse_vs_seqlen.csv   long: model, patch_size, seq_len, variable, lead_hours, rmse, rmse_mean_per_time
+    rmse_vs_seqlen.csv   long: model, patch_size, seq_len, variable, lead_hours, rmse, rmse_mean_per_time,
+                         and the RMSE's bootstrap interval (rmse_low, rmse_high) where metrics.csv has it
     seqlen_change.csv    wide: one row per (variable, lead), the headline RMSE of each sequence length,
                          and the relative change from the shortest to the longest sequence in percent
-                         (negative = the longest sequence has the lower error)
+                         (negative = the longest sequence has the lower error) with its paired
+                         bootstrap interval (change_low_pct, change_high_pct; seqvit.evaluate.uncertainty)
+                         and whether that interval excludes zero (change_significant)
     rmse_vs_seqlen.png (+ .pdf)
 """
 
@@ -25,6 +28,7 @@ from seqvit.io import atomic_path
 
 _VIT = re.compile(r"^vit-p(\d+)$")
 LONG_COLUMNS = ["model", "patch_size", "seq_len", "variable", "lead_hours", "rmse", "rmse_mean_per_time"]
+INTERVAL_COLUMNS = ["rmse_low", "rmse_high"]
 
 
 def sequence_length(nlat: int, nlon: int, patch_size: int) -> int:
@@ -51,17 +55,23 @@ def rmse_by_sequence_length(metrics_df: pd.DataFrame, nlat: int, nlon: int) -> p
                 "lead_hours": int(row["lead_hours"]),
                 "rmse": float(row["rmse"]),
                 "rmse_mean_per_time": float(row["rmse_mean_per_time"]),
+                **{c: float(row[c]) for c in INTERVAL_COLUMNS if c in row.index},
             }
         )
-    long = pd.DataFrame(rows, columns=LONG_COLUMNS)
+    columns = LONG_COLUMNS + [c for c in INTERVAL_COLUMNS if c in metrics_df.columns]
+    long = pd.DataFrame(rows, columns=columns)
     return long.sort_values(["variable", "lead_hours", "seq_len"], kind="stable").reset_index(drop=True)
 
 
-def relative_change(long: pd.DataFrame) -> pd.DataFrame:
+def relative_change(long: pd.DataFrame, per_time: dict | None = None, draws=None) -> pd.DataFrame:
     """Wide table: headline RMSE per sequence length and change shortest -> longest in percent.
 
     With a single sequence length the change is NaN (nothing to compare); never extrapolated.
+    per_time and draws (the evaluate stage's per-time scores and bootstrap resamples) add the
+    change's interval, paired resample by resample.
     """
+    from seqvit.evaluate import uncertainty
+
     if long.empty:
         return pd.DataFrame(columns=["variable", "lead_hours", "change_pct"])
     lengths = sorted(long["seq_len"].unique())
@@ -76,17 +86,33 @@ def relative_change(long: pd.DataFrame) -> pd.DataFrame:
                 row[f"rmse_L{n}_p{patch_of[n]}"] = float(sel.get(n, np.nan))
             shortest, longest = sel.get(lengths[0], np.nan), sel.get(lengths[-1], np.nan)
             row["change_pct"] = 100.0 * (longest - shortest) / shortest if len(lengths) > 1 else np.nan
+            if per_time is not None and draws is not None and len(lengths) > 1:
+                model_of = long[(long["variable"] == variable) & (long["lead_hours"] == lead)].set_index("seq_len")[
+                    "model"
+                ]
+                low, high = uncertainty.change_interval(
+                    per_time[model_of[lengths[0]], int(lead)],
+                    per_time[model_of[lengths[-1]], int(lead)],
+                    variable,
+                    draws,
+                )
+                row.update(change_low_pct=low, change_high_pct=high, change_significant=bool(high < 0 or low > 0))
             out.append(row)
     return pd.DataFrame(out)
 
 
-def write_sequence_length(metrics_df: pd.DataFrame, nlat: int, nlon: int, out_dir) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Write rmse_vs_seqlen.csv, seqlen_change.csv and the figure (PNG + PDF) under out_dir."""
+def write_sequence_length(
+    metrics_df: pd.DataFrame, nlat: int, nlon: int, out_dir, per_time: dict | None = None, draws=None
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Write rmse_vs_seqlen.csv, seqlen_change.csv and the figure (PNG + PDF) under out_dir.
+
+    per_time, draws: see relative_change (without them the change has no interval).
+    """
     from seqvit.evaluate import figures
 
     out_dir = Path(out_dir)
     long = rmse_by_sequence_length(metrics_df, nlat, nlon)
-    wide = relative_change(long)
+    wide = relative_change(long, per_time, draws)
     for frame, name in ((long, "rmse_vs_seqlen.csv"), (wide, "seqlen_change.csv")):
         with atomic_path(out_dir / name) as tmp:
             frame.to_csv(tmp, index=False, float_format="%.6g")

@@ -90,11 +90,23 @@ def seqlen_table(change: pd.DataFrame, caption: str, label: str) -> str:
         n, p = col[len("rmse_L") :].split("_p")
         return f"$L={n}$ ($p={p}$)"
 
-    header = ["Variable", "Lead"] + [head(c) for c in rmse_cols] + ["Change [\\%]"]
+    with_ci = "change_low_pct" in change.columns
+    header = (
+        ["Variable", "Lead"] + [head(c) for c in rmse_cols] + ["Change [\\%]"] + (["95\\% interval"] if with_ci else [])
+    )
+
+    def interval(r) -> list[str]:
+        if not with_ci:
+            return []
+        if pd.isna(r["change_low_pct"]):
+            return ["--"]
+        return [f"[{float(r['change_low_pct']):+.1f}, {float(r['change_high_pct']):+.1f}]"]
+
     rows = [
         [_escape(r["variable"]), f"{int(r['lead_hours'])}\\,h"]
         + [_fmt(float(r[c]), 3) for c in rmse_cols]
         + [("--" if pd.isna(r["change_pct"]) else f"{float(r['change_pct']):+.1f}")]
+        + interval(r)
         for _, r in change.iterrows()
     ]
     return booktabs(header, rows, caption, label)
