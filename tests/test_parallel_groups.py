@@ -56,9 +56,39 @@ def test_launcher_environments():
 
 
 def test_single_process_needs_nothing_and_sp_needs_a_launcher():
-    assert groups.init_distributed(1, environ={}) is groups.SINGLE
+    assert groups.init_distributed(1, "cpu", environ={}) is groups.SINGLE
+    assert groups.SINGLE.device == torch.device("cpu")
     with pytest.raises(SeqvitError, match=r"needs 4 processes.*torchrun --nproc-per-node 4"):
-        groups.init_distributed(4, environ={})
+        groups.init_distributed(4, "cpu", environ={})
+
+
+def test_a_gpu_asked_for_without_one_is_refused(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)  # no GPU visible, also on a machine with one
+    with pytest.raises(SeqvitError, match="train.device: cuda asked for, but torch sees no GPU"):
+        groups.init_distributed(1, "cuda", environ={})
+
+
+@pytest.mark.parametrize("visible, local_rank, index", [(8, 5, 5), (1, 5, 0), (4, 5, 1)])
+def test_a_rank_gets_the_gpu_of_its_local_rank_among_those_it_sees(monkeypatch, visible, local_rank, index):
+    """torchrun shows every rank the node's GPUs; srun --gpus-per-task=1 shows each its own one, GPU 0."""
+    made_current = []
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: visible)
+    monkeypatch.setattr(torch.cuda, "set_device", made_current.append)
+    assert groups._pin_device("cuda", local_rank) == torch.device("cuda", index)
+    assert made_current == [index]
+    assert groups._pin_device("cpu", local_rank) == groups.SINGLE.device
+
+
+def test_each_rank_has_its_own_random_stream():
+    """Seeds differ between the ranks of a 2 x 3 grid, and between runs; they depend on nothing else."""
+    world = [groups.Layout(rank=r, world_size=6, sp=2) for r in range(6)]
+    seeds = [groups.rank_seed(0, layout) for layout in world]
+    assert len(set(seeds)) == 6
+    assert [groups.rank_seed(0, layout) for layout in world] == seeds  # reproducible
+    assert not set(seeds) & {groups.rank_seed(1, layout) for layout in world}
+    # the stream follows the rank's coordinates (dp rank, sp rank), not the world it sits in
+    assert groups.rank_seed(0, groups.Layout(rank=1, world_size=2, sp=2)) == seeds[1]
+    assert groups.rank_seed(-3, groups.SINGLE) >= 0  # any integer seed of the schema
 
 
 @pytest.mark.parametrize(

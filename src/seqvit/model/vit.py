@@ -104,7 +104,14 @@ class LeadTimeEmbedding(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-norm transformer block; `attention` is its only token-mixing op."""
+    """Pre-norm transformer block; `attention` is its only token-mixing op.
+
+    Dropout (model.dropout) acts on the attention probabilities, the projection and the MLP. Under
+    sequence parallelism each rank draws its masks from its own stream (train/engine.py), so the
+    masks of different token segments, heads or query rows are independent, as in one process.
+    A fused kernel (sdpa, flash) draws attention dropout inside the kernel: the same distribution,
+    but not the masks one process would draw; the math kernel draws it with F.dropout.
+    """
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float, dropout: float, attention_backend):
         super().__init__()

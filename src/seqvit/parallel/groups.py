@@ -1,10 +1,13 @@
 """The one module that owns process groups: sequence parallel (SP) x data parallel (DP).
 
 World = P x D ranks. Sequence-parallel groups are P contiguous ranks (so they sit inside a node
-when P divides the ranks per node): {d*P, ..., d*P + P - 1} for replica d. Data-parallel groups
-join the ranks holding the same segment: {s, s + P, s + 2P, ...} for segment s. Gradients are
-averaged over the whole world (sequence and data ranks together, LSS's "double gradient
-averaging"; it is also what Ulysses needs, see train/engine.py).
+when P divides the ranks per node): {d*P, ..., d*P + P - 1} for replica d. The ranks holding the
+same segment are {s, s + P, s + 2P, ...} (Layout.dp_ranks); they need no group of their own,
+because gradients are averaged over the whole world (sequence and data ranks together, LSS's
+"double gradient averaging"; it is also what Ulysses needs, see train/engine.py).
+
+The backend of the process group follows the training device (backend_for), and every
+collective of training runs on tensors of that device (Layout.device).
 
 A rank of sequence-parallel group d holds a contiguous segment of the token sequence
 (segment_bounds): with tokens row-major over the patch grid, a latitude stripe.
@@ -25,8 +28,9 @@ from __future__ import annotations
 import datetime
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -44,15 +48,18 @@ DEFAULT_PORT = 29500
 
 @dataclass(frozen=True)
 class Layout:
-    """Where this process sits in the P x D grid of ranks, and its groups (None: one process)."""
+    """Where this process sits in the P x D grid of ranks, and its groups (None: one process).
+
+    `device` is the training device of this process, and the device of every tensor it hands to a
+    collective: the one place that knows it (init_distributed pins it).
+    """
 
     rank: int = 0
     world_size: int = 1
     sp: int = 1
     local_rank: int = 0
     sp_group: object = None
-    dp_group: object = None
-    world_group: object = None  # gradients are averaged over it; None: the default (whole) group
+    device: torch.device = torch.device("cpu")
 
     @property
     def dp(self) -> int:
@@ -205,63 +212,115 @@ def check_world(world_size: int, sp: int, local_world_size: int | None = None) -
         )
 
 
-def build_groups(sp: int, local_world_size: int | None = None) -> Layout:
-    """SP and DP groups over an initialized default process group (every rank must call this)."""
+def build_groups(sp: int, local_world_size: int | None = None, device: torch.device = SINGLE.device) -> Layout:
+    """Sequence-parallel groups over an initialized default process group (every rank must call this).
+
+    device: the training device of this process (Layout.device); the default group must have a
+    backend for it.
+    """
     if not dist.is_initialized():
         raise SeqvitError("build_groups needs torch.distributed initialized (init_distributed does it)")
     rank, world = dist.get_rank(), dist.get_world_size()
     check_world(world, sp, local_world_size)
-    dp = world // sp
-    sp_group = dp_group = None
+    check_group_device(device)
     # new_group must be called by every rank for every group, in the same order.
-    for d in range(dp):
+    sp_group = None
+    for d in range(world // sp):
         group = dist.new_group(list(range(d * sp, (d + 1) * sp)))
         if rank // sp == d:
             sp_group = group
-    for s in range(sp):
-        group = dist.new_group(list(range(s, world, sp)))
-        if rank % sp == s:
-            dp_group = group
     local_rank = int(os.environ.get("LOCAL_RANK", rank))
-    return Layout(rank=rank, world_size=world, sp=sp, local_rank=local_rank, sp_group=sp_group, dp_group=dp_group)
+    return Layout(rank=rank, world_size=world, sp=sp, local_rank=local_rank, sp_group=sp_group, device=device)
 
 
-def default_backend() -> str:
-    return "nccl" if torch.cuda.is_available() else "gloo"  # nccl is RCCL on ROCm builds
+# The process-group backend per training device type. On a GPU, NCCL (RCCL on ROCm builds)
+# carries the tensors of training, and it has no backend for host tensors ("No backend type
+# associated with device type cpu"); gloo beside it serves the host, so that object collectives
+# (checkpoint agreement) and barriers run on host memory and a host tensor handed to a
+# collective by a library still works.
+PROCESS_GROUP_BACKENDS = {"cpu": "cpu:gloo", "cuda": "cpu:gloo,cuda:nccl"}
 
 
-def init_distributed(sp: int, backend: str | None = None, timeout_s: float = 1800.0, environ=None) -> Layout:
+def backend_for(device_type: str) -> str:
+    """The backend string of init_process_group for training on `device_type` (cpu, cuda)."""
+    if device_type not in PROCESS_GROUP_BACKENDS:
+        raise SeqvitError(f"config key train.device: no process-group backend for {device_type!r}; use cpu or cuda")
+    return PROCESS_GROUP_BACKENDS[device_type]
+
+
+def backend_devices(group=None) -> list[str]:
+    """Device types for which `group` (None: the default group) has a backend."""
+    config = dist.get_backend_config(group)
+    if ":" in config:  # "cpu:gloo,cuda:nccl"
+        return [pair.split(":")[0] for pair in config.split(",")]
+    return list(dist.Backend.backend_capability.get(config, []))
+
+
+def check_group_device(device: torch.device, group=None) -> None:
+    """Refuse a process group that has no backend for the training device (its collectives would fail)."""
+    devices = backend_devices(group)
+    if device.type not in devices:
+        raise SeqvitError(
+            f"the process group ({dist.get_backend_config(group)!r}) has no backend for {device.type} tensors, the "
+            f"training device (config key train.device); initialize it with "
+            f"init_process_group({backend_for(device.type)!r}), or let seqvit create it"
+        )
+
+
+def _pin_device(device_type: str, local_rank: int) -> torch.device:
+    """This process's training device; a GPU is chosen by the local rank and made current."""
+    if device_type == "cpu":
+        return torch.device("cpu")
+    count = torch.cuda.device_count()
+    if count == 0:
+        raise SeqvitError("config key train.device: cuda asked for, but torch sees no GPU; use auto or cpu")
+    # among the GPUs this process sees: the node's (torchrun) or only its own (srun --gpus-per-task=1)
+    index = local_rank % count
+    torch.cuda.set_device(index)
+    return torch.device("cuda", index)
+
+
+def init_distributed(sp: int, device_type: str = "cpu", timeout_s: float = 1800.0, environ=None) -> Layout:
     """Layout of this process from the launcher's environment; initializes torch.distributed and groups.
 
-    World size 1 with sp 1 needs nothing and returns the single-process layout; sp > 1 in one
-    process is an error that names the launch command.
+    device_type: where training runs (cpu, cuda); it picks the backend (backend_for) and, on a
+    GPU, the device of this rank (local rank modulo the visible GPUs), recorded as Layout.device.
+    World size 1 with sp 1 needs no process group; sp > 1 in one process is an error that names
+    the launch command.
     """
     info = launcher_env(environ)
     world = info["world_size"]
+    backend = backend_for(device_type)
     if world == 1:
         if sp != 1:
             raise SeqvitError(
                 f"config key parallel.sp: {sp} needs {sp} processes, but this is a single process; launch with "
                 f"torchrun --nproc-per-node {sp} -m seqvit.cli train ... (or srun -n {sp} seqvit train ...)"
             )
-        return SINGLE
+        device = _pin_device(device_type, info["local_rank"])
+        if dist.is_initialized():  # a group the caller made: it must carry tensors of this device
+            check_group_device(device)
+        return SINGLE if device == SINGLE.device else replace(SINGLE, device=device)
     check_world(world, sp, info["local_world_size"])
+    device = _pin_device(device_type, info["local_rank"])
     if not dist.is_initialized():
         os.environ.setdefault("MASTER_ADDR", info["master_addr"])
         os.environ.setdefault("MASTER_PORT", str(info["master_port"]))
-        backend = backend or default_backend()
-        if backend == "nccl":
-            torch.cuda.set_device(info["local_rank"] % torch.cuda.device_count())
         dist.init_process_group(
             backend, rank=info["rank"], world_size=world, timeout=datetime.timedelta(seconds=timeout_s)
         )
-    return build_groups(sp, info["local_world_size"])
+    return build_groups(sp, info["local_world_size"], device)
 
 
-def shutdown(layout: Layout) -> None:
-    if layout.distributed and dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
+def rank_seed(seed: int, layout: Layout) -> int:
+    """Seed of this rank's own random stream, from the run seed and its (dp rank, sp rank).
+
+    Ranks hold different samples (data parallel) and token segments (sequence parallel): their
+    dropout masks must be independent draws, not copies of one stream. SeedSequence's spawn
+    keys give child streams that stay independent for any run seeds.
+    """
+    sequence = np.random.SeedSequence(seed % 2**64, spawn_key=(layout.dp_rank, layout.sp_rank))
+    return int(sequence.generate_state(1, np.uint64)[0])
 
 
 def check_layout(

@@ -71,7 +71,7 @@ class Shard:
             [(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in parameters]
             + [loss.detach().reshape(1).to(parameters[0].dtype)]
         )
-        dist.all_reduce(flat, group=self.layout.world_group)
+        dist.all_reduce(flat)
         STATS.add("gradients", "all_reduce", flat.numel() * flat.element_size(), self.layout.world_size, "backward")
         flat /= self.layout.world_size
         offset = 0

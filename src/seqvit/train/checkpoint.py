@@ -56,7 +56,7 @@ class TrainingInterrupted(SeqvitError):
 
 
 class StopRequest:
-    """Catches SIGTERM and SIGUSR1 while training; `pending(layout)` agrees on them across ranks."""
+    """Catches SIGTERM and SIGUSR1 while training; `pending` agrees on them across ranks."""
 
     def __init__(self, signals=STOP_SIGNALS):
         self.signals = signals
@@ -79,12 +79,18 @@ class StopRequest:
     def _handle(self, signum, frame):
         self.received = signum
 
-    def pending(self, distributed: bool) -> bool:
-        """True on every rank when any rank got a stop signal (one tiny all-reduce when distributed)."""
+    def pending(self, distributed: bool, device: torch.device | None = None) -> bool:
+        """True on every rank when any rank got a stop signal (one tiny all-reduce when distributed).
+
+        device: the training device (Layout.device), the one the group's backend serves; NCCL has
+        none for host tensors.
+        """
         flag = self.received is not None
         if not distributed:
             return flag
-        buf = torch.tensor([1.0 if flag else 0.0])
+        if device is None:
+            raise ValueError("StopRequest.pending: a distributed agreement needs the device of the collectives")
+        buf = torch.tensor([1.0 if flag else 0.0], device=device)
         dist.all_reduce(buf, op=dist.ReduceOp.MAX)
         return bool(buf.item())
 

@@ -25,6 +25,7 @@ import math
 import os
 import random
 import time
+import types
 from pathlib import Path
 
 import numpy as np
@@ -142,7 +143,7 @@ def _save(obj, path: Path) -> None:
         torch.save(obj, tmp)
 
 
-def _start_process_group(sp: int, device_kind: str) -> tuple[groups.Layout, bool, dict]:
+def _start_process_group(sp: int, device_type: str) -> tuple[groups.Layout, bool, dict]:
     """This process's place in the world; a one-process group when there is no launcher (DeepSpeed needs one).
 
     Also returns the launcher variables set for DeepSpeed (it looks for them and otherwise tries
@@ -150,10 +151,9 @@ def _start_process_group(sp: int, device_kind: str) -> tuple[groups.Layout, bool
     leak into processes started later by this one (a test that then runs srun).
     """
     owns = not dist.is_initialized()
-    backend = "nccl" if device_kind == "cuda" else "gloo"
-    layout = groups.init_distributed(sp, backend=backend)
+    layout = groups.init_distributed(sp, device_type)
     if not dist.is_initialized():  # one process: an in-memory store, no port to collide with other runs
-        dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
+        dist.init_process_group(groups.backend_for(device_type), store=dist.HashStore(), rank=0, world_size=1)
     info = groups.launcher_env()
     wanted = {
         "RANK": dist.get_rank(),
@@ -167,22 +167,21 @@ def _start_process_group(sp: int, device_kind: str) -> tuple[groups.Layout, bool
     return layout, owns, added
 
 
-def _device(tcfg: dict) -> torch.device:
+def _device_type(tcfg: dict) -> str:
+    """cpu or cuda (config key train.device); which GPU is the launcher's business (groups.init_distributed)."""
     wanted = tcfg.get("device", "auto")
     if wanted not in ("auto", "cpu", "cuda"):
         raise SeqvitError(f"config key train.device: {wanted!r} is not one of auto, cpu, cuda")
     if wanted == "cuda" and not torch.cuda.is_available():
         raise SeqvitError("config key train.device: cuda asked for, but torch sees no GPU; use auto or cpu")
-    if wanted != "cpu" and torch.cuda.is_available():
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
+    return "cuda" if wanted != "cpu" and torch.cuda.is_available() else "cpu"
 
 
-def _import_deepspeed(device: torch.device):
+def _import_deepspeed(device_type: str):
     import deepspeed
     import deepspeed.ops
 
-    if device.type == "cpu":
+    if device_type == "cpu":
         # DeepSpeed's CPU backend would JIT-compile a shared-memory all-reduce used only for inference;
         # gloo carries every collective of training.
         deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
@@ -247,10 +246,10 @@ def train(
     """
     cfg = run_config(cfg, patch_size)  # this run's parallel.runs entry (sp, dp, grad_accumulation)
     tcfg = cfg["train"]
-    device = _device(tcfg)
-    deepspeed = _import_deepspeed(device)
+    device_type = _device_type(tcfg)
+    deepspeed = _import_deepspeed(device_type)
     sp, _ = run_parallelism(cfg, patch_size)
-    layout, owns_process_group, added_variables = _start_process_group(sp, device.type)
+    layout, owns_process_group, added_variables = _start_process_group(sp, device_type)
     try:
         with StopRequest() as stop:
             result = _train(
@@ -261,7 +260,6 @@ def train(
                 progress,
                 stop_at_step,
                 layout,
-                device,
                 deepspeed,
                 stop,
                 restart_if_changed,
@@ -278,17 +276,16 @@ def train(
             deepspeed.utils.groups._WORLD_GROUP = None
 
 
-def _train(
-    cfg, tokens_path, out_dir, patch_size, progress, stop_at_step, layout, device, deepspeed, stop, restart_if_changed
-):
+def _train(cfg, tokens_path, out_dir, patch_size, progress, stop_at_step, layout, deepspeed, stop, restart_if_changed):
     tcfg = cfg["train"]
+    device = layout.device  # of the model, the batches and every tensor handed to a collective
     main = layout.is_main
     out_dir.mkdir(parents=True, exist_ok=True)
     metrics_path, model_path, best_path = out_dir / "metrics.csv", out_dir / "model.pt", out_dir / "best.pt"
 
     torch.set_num_threads(int(tcfg.get("threads", 1)))
     seed = int(tcfg.get("seed", 0))
-    torch.manual_seed(seed)
+    torch.manual_seed(seed)  # the same stream on every rank until the model is built: the same initial weights
     random.seed(seed)
     np.random.seed(seed)
 
@@ -302,6 +299,10 @@ def _train(
     channels = list(train_index.channels)
     batch_size = int(tcfg["batch_size"])
     model = build_model(cfg["model"], len(channels), patch_size, train_index.grid_shape)
+    # From here each rank draws from its own stream (torch's CPU and GPU generators): the dropout
+    # masks of its samples and token segment, independent of the other ranks' (the data order has
+    # its own generator, data/loader.SampleOrder). Checkpoints keep every rank's state.
+    torch.manual_seed(groups.rank_seed(seed, layout))
     check_backend(cfg["model"].get("attention", "sdpa"))
     model.activation_checkpointing = bool(tcfg.get("activation_checkpointing", False))
     weights = torch.from_numpy(token_weights(train_index.latitude, train_index.grid_shape, patch_size))
@@ -317,15 +318,25 @@ def _train(
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, warmup, total_steps))
     ds_config = deepspeed_config(tcfg, shard.local_batch)
-    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
+    # device_rank: the GPU this rank was given (groups.init_distributed), which is not LOCAL_RANK, the
+    # one DeepSpeed would pick, when the launcher shows each process only its own GPU (srun --gpus-per-task)
+    engine, _, _, _ = deepspeed.initialize(
+        args=types.SimpleNamespace(device_rank=device.index or 0),
+        model=model,
+        optimizer=optimizer,
+        lr_scheduler=scheduler,
+        config=ds_config,
+    )
+    if torch.device(engine.device) != device:  # its gradient all-reduce must run where ours do
+        raise SeqvitError(f"DeepSpeed placed the model on {engine.device}, not on this rank's device {device}")
     zero_stage = ds_config["zero_optimization"]["stage"]
     dtype = PRECISIONS[tcfg.get("precision", "fp32")]
     accumulation = ds_config["gradient_accumulation_steps"]
-    shard_weights = shard.weights.to(engine.device)
+    shard_weights = shard.weights.to(device)
 
     def segment_loss(x, lead, y):
-        pred = engine(x.to(engine.device, dtype), lead.to(engine.device), token_offset=shard.start).float()
-        x, y = x.to(engine.device), y.to(engine.device)
+        pred = engine(x.to(device, dtype), lead.to(device), token_offset=shard.start).float()
+        x, y = x.to(device), y.to(device)
         return shard.scaled(weighted_mse(pred, y - x, shard_weights))
 
     order = SampleOrder(len(train_index), len(lead_hours), batch_size, seed)
@@ -338,12 +349,14 @@ def _train(
     @torch.no_grad()
     def validation_loss() -> float:
         engine.eval()
-        local = torch.zeros(2, dtype=torch.float64)
+        total, count = 0.0, 0
         for start in range(0, len(val_items), VAL_BATCH):
             items = val_items[start : start + VAL_BATCH]
             x, lead, y = read_pairs(store, val_index, items % len(val_index), items // len(val_index), segment)
-            local += torch.tensor([segment_loss(x, lead, y).item() * len(items), len(items)], dtype=torch.float64)
+            total += segment_loss(x, lead, y).item() * len(items)
+            count += len(items)
         engine.train()
+        local = torch.tensor([total, count], dtype=torch.float64, device=device)
         if layout.distributed:  # each sample's P segment losses average to its loss
             dist.all_reduce(local)
         return float(local[0] / local[1])
@@ -423,13 +436,13 @@ def _train(
             window["steps"] += 1
             window["samples"] += batch_size
             window["seconds"] += time.perf_counter() - fetched
-            interrupted = stop.pending(layout.distributed)
+            interrupted = stop.pending(layout.distributed, device)
 
             is_val = step % val_every == 0 or step == total_steps
             if step % log_every == 0 or is_val:
                 mean_loss = window["loss"] / window["steps"]
                 if layout.distributed:  # per-rank losses average to the loss of the global batch
-                    buf = torch.tensor([mean_loss], dtype=torch.float64)
+                    buf = torch.tensor([mean_loss], dtype=torch.float64, device=device)
                     dist.all_reduce(buf)
                     mean_loss = float(buf) / layout.world_size
                 val_loss = validation_loss() if is_val else ""
