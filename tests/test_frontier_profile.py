@@ -1,5 +1,6 @@
 """The Frontier profile and the sequence-length sweep: the sbatch layout each training job gets."""
 
+import math
 import os
 import re
 import shutil
@@ -12,6 +13,8 @@ import yaml
 
 from seqvit.config import load_config
 from seqvit.errors import SeqvitError
+from seqvit.plan import load_machine, plan_run, run_shape
+from seqvit.plan.walltime import train_job_resources, walltime
 from seqvit.train.slurm import check_slurm_account, job_layout, seqvit_command, train_resources
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,6 +56,23 @@ def frontier_snakemake(tmp_path, *configfiles, dry_run=True) -> list[str]:
     return cmd + ["-n"] if dry_run else cmd
 
 
+def predicted_first_job(cfg: dict, patch: int) -> tuple[str, int, int]:
+    """(partition, minutes, jobs) of a run's first training job, worked out here from its predicted
+    step time: train.steps x step x 1.25 (cluster.walltime_margin), plus 10 minutes of start-up and
+    the 10 after USR1 per job; the first partition that takes the nodes and the whole walltime, else
+    the first that takes the nodes, whose limit then splits the run into jobs."""
+    step = plan_run(run_shape(cfg, patch), load_machine("frontier")).step_seconds
+    training = cfg["train"]["steps"] * step * 1.25 / 60
+    whole = math.ceil(training + 10 + 10)
+    sp, dp = cfg["parallel"]["runs"][patch]["sp"], cfg["parallel"]["runs"][patch]["dp"]
+    nodes = math.ceil(sp * dp / 8)
+    taking = [b for b in cfg["cluster"]["partitions"] if b["min_nodes"] <= nodes <= b["max_nodes"]]
+    chosen = next((b for b in taking if whole <= b["max_minutes"]), taking[0])
+    if whole <= chosen["max_minutes"]:
+        return chosen["name"], whole, 1
+    return chosen["name"], chosen["max_minutes"], math.ceil(training / (chosen["max_minutes"] - 20))
+
+
 def test_dry_run_without_slurm_shows_each_training_job(tmp_path):
     env = {**os.environ, "PATH": path_without_slurm(tmp_path), "SEQVIT_SLURM_ACCOUNT": "CLI000"}
     cmd = frontier_snakemake(tmp_path)
@@ -64,9 +84,10 @@ def test_dry_run_without_slurm_shows_each_training_job(tmp_path):
     }
     cfg = load_config(SEQSCALE)
     assert sorted(jobs) == sorted(cfg["tokenize"]["patch_sizes"])
+    assert cfg["cluster"]["train_minutes"] is None  # the sweep's walltimes are predicted
     bins = cfg["cluster"]["partitions"]
     for patch, sbatch in jobs.items():
-        options = dict(re.findall(r"--([a-z-]+)=(\S+)", sbatch))
+        options = dict(re.findall(r"--([a-z-]+)=([^\s;]+)", sbatch.split(";")[0]))
         run = cfg["parallel"]["runs"][patch]
         nodes = int(options["nodes"])
         tasks = int(options.get("ntasks", 0)) or nodes * int(options["ntasks-per-node"])
@@ -79,6 +100,12 @@ def test_dry_run_without_slurm_shows_each_training_job(tmp_path):
         ]
         assert allowed and int(options["time"]) <= max(allowed), (patch, sbatch)
         assert options["signal"] == "USR1@600"
+        partition, minutes, count = predicted_first_job(cfg, patch)
+        assert (options["partition"], int(options["time"])) == (partition, minutes), (patch, sbatch)
+        assert "walltime predicted by seqvit plan" in sbatch
+        if count > 1:  # split into jobs of the partition's limit, and named in a warning
+            assert f"in {count:,} jobs of up to {minutes} min" in sbatch
+            assert f"run p={patch} is predicted to need {count:,} jobs of {minutes} min" in proc.stderr
     # the longest sequence: 1,036,800 tokens over 64 GCDs on 8 nodes, launched by srun
     assert (
         "srun --nodes 8 --ntasks 64 --cpus-per-task 7 --gpus-per-task=1 --gpu-bind=closest seqvit train" in proc.stdout
@@ -93,6 +120,8 @@ def frontier():
 def test_partition_follows_node_count_and_walltime(frontier):
     frontier["parallel"]["runs"][1] = {"sp": 64, "dp": 12}  # 96 nodes: past the first batch bin
     assert job_layout(frontier, 1)["partition"] == "batch"
+    assert job_layout(frontier, 1)["minutes"] == 360  # nothing wanted: the bin's whole limit
+    frontier["cluster"]["train_minutes"] = 120
     assert job_layout(frontier, 1)["minutes"] == 120
     frontier["cluster"]["train_minutes"] = 600
     assert (job_layout(frontier, 1)["partition"], job_layout(frontier, 1)["minutes"]) == ("batch", 360)
@@ -121,7 +150,9 @@ def test_launch_commands(demo_cfg):
     assert seqvit_command(demo_cfg, 4).startswith("torchrun --standalone --nproc-per-node 2 -m seqvit.cli")
     demo_cfg["cluster"] = {"launcher": "srun"}
     assert seqvit_command(demo_cfg, 4) == "srun --nodes 1 --ntasks 2 seqvit"
-    assert train_resources(demo_cfg, 4) == {"runtime": 120, "nodes": 1, "mpi": "srun", "tasks": 2}
+    # no walltime pinned and no partition: the runtime is the prediction's (train_job_resources)
+    assert train_resources(demo_cfg, 4) == {"nodes": 1, "mpi": "srun", "tasks": 2}
+    assert train_resources(demo_cfg, 4, 30) == {"runtime": 30, "nodes": 1, "mpi": "srun", "tasks": 2}
 
 
 def test_profile_account_comes_from_the_environment():
@@ -227,7 +258,48 @@ def test_a_run_entry_sets_that_runs_sp_dp_and_accumulation_only():
     from seqvit.train.slurm import run_config
 
     cfg = load_config(SEQSCALE)
-    one, two = run_config(cfg, 1), run_config(cfg, 2)
-    assert (one["parallel"]["sp"], one["parallel"]["dp"], one["train"]["grad_accumulation"]) == (64, 1, 4)
-    assert (two["parallel"]["sp"], two["parallel"]["dp"], two["train"]["grad_accumulation"]) == (16, 2, 1)
+    one, four = run_config(cfg, 1), run_config(cfg, 4)
+    assert (one["parallel"]["sp"], one["parallel"]["dp"], one["train"]["grad_accumulation"]) == (64, 1, 16)
+    assert (four["parallel"]["sp"], four["parallel"]["dp"], four["train"]["grad_accumulation"]) == (8, 2, 1)
     assert cfg["train"]["grad_accumulation"] == 1  # the config itself is left as it was
+
+
+def test_a_long_run_is_split_over_jobs_of_its_partitions_limit(frontier):
+    """p=1 on 8 nodes takes longer than any partition allows: 2-hour batch jobs, the last one shorter."""
+    step = plan_run(run_shape(frontier, 1), load_machine("frontier")).step_seconds
+    training = 20_000 * step * 1.25 / 60  # minutes, margin included
+    assert training + 20 > 1440  # more than even the extended partition's 24 hours
+    useful = 120 - 10 - 10  # a job's limit less start-up and the minutes after USR1
+    jobs = math.ceil(training / useful)
+    plan = walltime(frontier, 1)
+    assert (plan.limit, plan.jobs) == (120, jobs)
+    assert [plan.minutes(a) for a in (1, 2, jobs - 1)] == [120, 120, 120]
+    assert plan.minutes(jobs) == math.ceil(training - (jobs - 1) * useful + 20) <= 120
+    assert plan.minutes(jobs + 1) == 120  # slower than predicted: the whole limit
+    resources = train_job_resources(frontier, 1, attempt=jobs)
+    assert (resources["runtime"], resources["slurm_partition"]) == (plan.minutes(jobs), "batch")
+
+
+def test_a_pinned_walltime_wins(frontier):
+    frontier["parallel"]["runs"][1]["train_minutes"] = 90
+    assert train_job_resources(frontier, 1)["runtime"] == 90 and walltime(frontier, 1).jobs == 1
+    assert "pinned" in walltime(frontier, 1).describe()
+    frontier["cluster"]["train_minutes"] = 600  # every other run; p=1 keeps its own
+    assert train_job_resources(frontier, 2)["runtime"] == 600
+    assert train_job_resources(frontier, 2)["slurm_partition"] == "extended"
+    assert train_job_resources(frontier, 1, attempt=3)["runtime"] == 90
+
+
+def test_a_partition_too_short_for_start_up_is_refused(frontier):
+    frontier["cluster"]["startup_minutes"] = 115  # with the 10 minutes after USR1, no time is left in 2 hours
+    with pytest.raises(SeqvitError, match="cluster.startup_minutes.*cluster.signal_seconds"):
+        walltime(frontier, 1)
+
+
+def test_the_walltime_policy_is_outside_the_training_code():
+    """A new prediction (the planner's figures, the walltime policy) must not retrain: the train
+    rule's code hash and the checkpoints' record cover train.engine and train.slurm only."""
+    from seqvit.provenance.code import import_closure
+
+    closure = import_closure("train.engine", "train.slurm")
+    assert "train.slurm" in closure and not [m for m in closure if m == "plan" or m.startswith("plan.")]

@@ -59,8 +59,8 @@ def test_issue_figure_lss_patch1_gathers_68_gb_and_does_not_fit(capsys, tmp_path
 def test_every_run_of_the_corrected_frontier_sweep_fits():
     cfg = _cfg(FRONTIER)
     machine = load_machine("frontier")
-    assert cfg["parallel"]["runs"][1]["grad_accumulation"] == 4  # micro-batch 4 on the p=1 run
-    assert run_shape(cfg, 1).micro_batch == 4
+    assert cfg["parallel"]["runs"][1]["grad_accumulation"] == 16  # micro-batch 1 on the p=1 run
+    assert run_shape(cfg, 1).micro_batch == 1
     for p in (24, 16, 8, 4, 2, 1):
         plan = plan_run(run_shape(cfg, p), machine)
         assert plan.fits, (p, plan.peak)

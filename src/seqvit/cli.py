@@ -186,7 +186,22 @@ def cmd_plan(args):
     """Predicted memory, time and fit of every run; exit 1 when one does not fit."""
     from seqvit.plan import format_plan, misfit_line, plan_config, summary_row
 
+    if args.markdown:  # docs/scale.md: the shipped Frontier configs' tables, or those of --config
+        from seqvit.plan.report import write_markdown
+
+        print(f"wrote {write_markdown(Path(args.markdown), args.config, args.set or [], args.machine)}")
+        return
+    if not args.config:
+        raise SeqvitError("seqvit plan needs --config C (only --markdown has default configs)")
     cfg = _config(args)
+    if args.suggest or args.tokens:
+        from seqvit.plan.suggest import format_suggestions, suggest_config
+
+        result = suggest_config(cfg, args.patch_size, args.tokens, args.machine, args.max_nodes)
+        print(format_suggestions(result))
+        if not result.ranked:
+            raise SystemExit(1)
+        return
     plans = plan_config(cfg, [args.patch_size] if args.patch_size else None, args.machine)
     for plan in plans:
         print(format_plan(plan))
@@ -319,6 +334,36 @@ def build_parser() -> argparse.ArgumentParser:
         cmd_plan,
         "predict memory per rank, FLOPs, step time and MFU of each training run on a machine "
         "(config/machines/NAME.yaml) before it is submitted; exit status 1 when a run does not fit",
+        config=False,
+    )
+    p.add_argument(
+        "--config",
+        action="append",
+        metavar="C",
+        help="YAML config (repeat to merge several, later ones win); required except with --markdown",
+    )
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a dotted config key")
+    p.add_argument(
+        "--suggest",
+        action="store_true",
+        help="rank the layouts of one run (--patch-size P or --tokens N) that fit, best predicted tokens/s first",
+    )
+    p.add_argument(
+        "--tokens", type=int, metavar="N", help="with --suggest: a sequence of N tokens of the config's model"
+    )
+    p.add_argument(
+        "--max-nodes",
+        type=int,
+        metavar="M",
+        help="with --suggest: layouts on at most M nodes (default: the run's own nodes, or the fewest that fit)",
+    )
+    p.add_argument(
+        "--markdown",
+        nargs="?",
+        const="docs/scale.md",
+        metavar="PATH",
+        help="write the planner's document (default docs/scale.md) for config/frontier-seqscale.yaml and "
+        "config/frontier-paper-claims.yaml, or for --config",
     )
     p.add_argument("--patch-size", type=int, metavar="P", help="only this run (default: every tokenize.patch_sizes)")
     p.add_argument(

@@ -1,16 +1,20 @@
 # Shared by every rule: where files live, and the arguments that hand the config to the CLI.
+import sys
+
 import yaml
 
+from seqvit.errors import SeqvitError
 from seqvit.io import atomic_path
 from seqvit.layout import Layout
 from seqvit.lineage import TRAIN_REPORTING_KEYS
-from seqvit.provenance.code import stage_hash
-from seqvit.train.slurm import (
-    describe_sbatch,
-    run_parallelism,
-    seqvit_command,
-    train_resources,
+from seqvit.plan.walltime import (
+    multi_job_warnings,
+    sbatch_layout,
+    sbatch_summary,
+    train_job_resources,
 )
+from seqvit.provenance.code import stage_hash
+from seqvit.train.slurm import run_parallelism, seqvit_command
 
 LAYOUT = Layout(config)
 RESULTS = str(LAYOUT.root)
@@ -48,7 +52,10 @@ def run_args(patch_size):
 
 
 def _train_resource(name, default=None):
-    return lambda wc: train_resources(config, int(wc.p)).get(name, default)
+    # attempt: a retry's walltime is what remains of the predicted training (seqvit.plan.walltime)
+    return lambda wc, attempt: train_job_resources(config, int(wc.p), attempt).get(
+        name, default
+    )
 
 
 # Every key any layout may set, each looked up per patch size; absent ones fall back to defaults
@@ -56,18 +63,23 @@ TRAIN_RESOURCES = {
     "mem_mb": _train_resource("mem_mb", 8000),
     "runtime": _train_resource("runtime", 120),
     "nodes": _train_resource("nodes", 1),
+    # text for the rule's message (not an sbatch option): resources may follow the attempt, params may not
+    "sbatch": lambda wc, attempt: sbatch_summary(config, int(wc.p), attempt),
 }
-for _key in (
-    "cpus_per_task",
-    "slurm_partition",
-    "qos",
-    "mpi",
-    "tasks",
-    "tasks_per_node",
-    "slurm_extra",
-):
-    if any(_key in train_resources(config, p) for p in LAYOUT.patch_sizes()):
-        TRAIN_RESOURCES[_key] = _train_resource(_key, "")
+try:
+    for _key in (
+        "cpus_per_task",
+        "slurm_partition",
+        "qos",
+        "mpi",
+        "tasks",
+        "tasks_per_node",
+        "slurm_extra",
+    ):
+        if any(_key in train_job_resources(config, p) for p in LAYOUT.patch_sizes()):
+            TRAIN_RESOURCES[_key] = _train_resource(_key, "")
+except SeqvitError as _error:
+    raise SystemExit(f"Configuration error, nothing was submitted:\n{_error}")
 
 # A Slurm profile's account taken from an unset variable (profiles/frontier: $SEQVIT_SLURM_ACCOUNT)
 # would reach sbatch as literal text; only Slurm profiles set slurm_account. Stop before submitting.
@@ -80,10 +92,13 @@ if "slurm_account" in _defaults:
 
     # A run that does not fit its machine would die after hours in the queue: refuse it now,
     # in dry runs too (seqvit plan; the machine file named by the config key `machine`).
-    from seqvit.errors import SeqvitError
     from seqvit.plan import refuse_misfits
 
     try:
         refuse_misfits(config)
     except SeqvitError as _error:
         raise SystemExit(f"Configuration error, nothing was submitted:\n{_error}")
+    # A run longer than its partition's limit still starts, and retries resume it; say how many
+    # jobs it takes (the profile's retries are not known while the Snakefile is read).
+    for _line in multi_job_warnings(config, LAYOUT.patch_sizes()):
+        print(f"Warning: {_line}", file=sys.stderr)

@@ -28,15 +28,21 @@ rule train:
         config=CONFIG,
         seqvit=lambda wc: seqvit_command(config, int(wc.p)),
         run=lambda wc: run_args(int(wc.p)),
-        sbatch=lambda wc: describe_sbatch(train_resources(config, int(wc.p))),
+        # the job's shape without its walltime (a new prediction retrains nothing); provenance reads it
+        sbatch=lambda wc: sbatch_layout(config, int(wc.p)),
         model=config["model"],
         parallel=config.get("parallel", {}),
-        cluster=config.get("cluster", {}),
+        # walltime keys only size the Slurm jobs: changing them retrains nothing
+        cluster={
+            k: v
+            for k, v in config.get("cluster", {}).items()
+            if k not in ("train_minutes", "walltime_margin", "startup_minutes")
+        },
         train=TRAIN_SETTINGS,
         splits=config["splits"],
         code=stage_hash("train.engine", "train.slurm"),
     message:
-        "Training the ViT on {wildcards.p} x {wildcards.p} patches (on Slurm: {params.sbatch})"
+        "Training the ViT on {wildcards.p} x {wildcards.p} patches (on Slurm: {resources.sbatch})"
     shell:
         "{params.seqvit} train --config {params.config:q} {params.run} --patch-size {wildcards.p} --quiet --restart-if-changed > {log:q} 2>&1"
 

@@ -5,7 +5,9 @@ each patch size, and D data-parallel replicas); its `cluster` section describes 
 (tasks per node, CPUs per task, partitions and their limits, the launcher). Snakemake's train
 rule turns the result into sbatch resources and the srun line, so the same rule runs on
 Frontier, on the test cluster and on a laptop (no `cluster` section: one plain process, or
-torchrun for several).
+torchrun for several). The walltime a job wants comes from the planner (seqvit.plan.walltime),
+unless the config pins it; it is not decided here, so this module, which training imports, does
+not change when the prediction does.
 """
 
 from __future__ import annotations
@@ -46,8 +48,20 @@ def run_config(cfg: dict, patch_size: int) -> dict:
     return out
 
 
-def job_layout(cfg: dict, patch_size: int) -> dict:
-    """Tasks, nodes, partition, QoS and minutes of the training job for one patch size."""
+def pinned_minutes(cfg: dict, patch_size: int) -> int | None:
+    """The walltime the config pins for this run: parallel.runs.P.train_minutes, else cluster.train_minutes."""
+    pcfg = cfg.get("parallel") or {}
+    run = (pcfg.get("runs") or {}).get(patch_size) or (pcfg.get("runs") or {}).get(str(patch_size)) or {}
+    value = run.get("train_minutes", (cfg.get("cluster") or {}).get("train_minutes"))
+    return None if value is None else int(value)
+
+
+def job_layout(cfg: dict, patch_size: int, minutes: int | None = None) -> dict:
+    """Tasks, nodes, partition, QoS and minutes of the training job for one patch size.
+
+    minutes: the walltime wanted (seqvit.plan.walltime predicts it); None: the one the config
+    pins (pinned_minutes), else the whole limit of the partition chosen. `limit` is that limit.
+    """
     sp, dp = run_parallelism(cfg, patch_size)
     world = sp * dp
     cluster = cfg.get("cluster") or {}
@@ -60,14 +74,15 @@ def job_layout(cfg: dict, patch_size: int) -> dict:
             f"{per_node} tasks (cluster.tasks_per_node); use a multiple of {per_node}"
         )
     nodes = math.ceil(world / per_node)
-    minutes = int(cluster.get("train_minutes", 120))
+    wanted = pinned_minutes(cfg, patch_size) if minutes is None else int(minutes)
     layout = {
         "sp": sp,
         "dp": dp,
         "world": world,
         "nodes": nodes,
         "tasks_per_node": min(per_node, world),
-        "minutes": minutes,
+        "minutes": wanted,
+        "limit": None,
         "partition": None,
         "qos": None,
     }
@@ -76,7 +91,12 @@ def job_layout(cfg: dict, patch_size: int) -> dict:
         limit = int(debug.get("max_minutes", 120))
         if nodes > int(debug.get("max_nodes", nodes)):
             raise SeqvitError(f"cluster.debug: {nodes} nodes exceed the debug QoS limit of {debug['max_nodes']}")
-        layout.update(partition=debug.get("partition"), qos=debug.get("qos", "debug"), minutes=min(minutes, limit))
+        layout.update(
+            partition=debug.get("partition"),
+            qos=debug.get("qos", "debug"),
+            limit=limit,
+            minutes=limit if wanted is None else min(wanted, limit),
+        )
         return layout
     partitions = cluster.get("partitions") or []
     fitting = [p for p in partitions if int(p.get("min_nodes", 1)) <= nodes <= int(p["max_nodes"])]
@@ -89,16 +109,28 @@ def job_layout(cfg: dict, patch_size: int) -> dict:
     if fitting:
         # the first partition that allows the wanted walltime, else the first that takes the nodes
         # with its limit (training checkpoints and a retry resumes it)
-        chosen = next((p for p in fitting if minutes <= int(p["max_minutes"])), fitting[0])
-        layout.update(partition=chosen["name"], qos=chosen.get("qos"), minutes=min(minutes, int(chosen["max_minutes"])))
+        chosen = next((p for p in fitting if wanted is not None and wanted <= int(p["max_minutes"])), fitting[0])
+        limit = int(chosen["max_minutes"])
+        layout.update(
+            partition=chosen["name"],
+            qos=chosen.get("qos"),
+            limit=limit,
+            minutes=limit if wanted is None else min(wanted, limit),
+        )
     return layout
 
 
-def train_resources(cfg: dict, patch_size: int) -> dict:
-    """Snakemake resources of the train job (sbatch options through the Slurm executor)."""
+def train_resources(cfg: dict, patch_size: int, minutes: int | None = None) -> dict:
+    """Snakemake resources of the train job (sbatch options through the Slurm executor).
+
+    minutes: the walltime wanted, as for job_layout; without it and without a pinned walltime
+    or a partition there is no runtime resource (seqvit.plan.walltime passes the prediction).
+    """
     cluster = cfg.get("cluster") or {}
-    layout = job_layout(cfg, patch_size)
-    resources = {"runtime": layout["minutes"], "nodes": layout["nodes"]}
+    layout = job_layout(cfg, patch_size, minutes)
+    resources = {"nodes": layout["nodes"]}
+    if layout["minutes"] is not None:
+        resources["runtime"] = layout["minutes"]
     if cluster.get("cpus_per_task"):
         resources["cpus_per_task"] = int(cluster["cpus_per_task"])
     if cluster.get("mem_mb") is not None:
@@ -165,7 +197,8 @@ def describe_sbatch(resources: dict) -> str:
         options.append(f"--partition={resources['slurm_partition']}")
     if resources.get("qos"):
         options.append(f"--qos={resources['qos']}")
-    options.append(f"--time={resources['runtime']}")
+    if resources.get("runtime"):
+        options.append(f"--time={resources['runtime']}")
     if resources.get("slurm_extra"):
         options.append(resources["slurm_extra"])
     return " ".join(options)
