@@ -255,7 +255,7 @@ def test_dry_run_refuses_a_run_that_does_not_fit_before_anything_is_submitted(tm
 
 
 def test_a_run_entry_sets_that_runs_sp_dp_and_accumulation_only():
-    from seqvit.train.slurm import run_config
+    from seqvit.runs import run_config
 
     cfg = load_config(SEQSCALE)
     one, four = run_config(cfg, 1), run_config(cfg, 4)

@@ -14,7 +14,8 @@ from seqvit.plan.walltime import (
     train_job_resources,
 )
 from seqvit.provenance.code import stage_hash
-from seqvit.train.slurm import run_parallelism, seqvit_command
+from seqvit.runs import run_parallelism
+from seqvit.train.slurm import seqvit_command
 
 LAYOUT = Layout(config)
 RESULTS = str(LAYOUT.root)

@@ -113,7 +113,7 @@ def run_shape(cfg: dict, patch_size: int) -> RunShape:
     from seqvit.data.fields import channel_names
     from seqvit.data.grids import named_grid
     from seqvit.patches import check_patch_size
-    from seqvit.train.slurm import run_config, run_parallelism
+    from seqvit.runs import run_config, run_parallelism
 
     cfg = run_config(cfg, patch_size)
     grid = named_grid(cfg["grid"]).shape

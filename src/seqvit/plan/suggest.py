@@ -75,7 +75,7 @@ def question_shape(cfg: dict, patch_size: int | None = None, tokens: int | None 
     With --tokens alone, a token covers the grid's cells / N pixels: the nearest square patch.
     """
     from seqvit.data.grids import named_grid
-    from seqvit.train.slurm import run_parallelism
+    from seqvit.runs import run_parallelism
 
     if patch_size is None and tokens is None:
         raise SeqvitError("seqvit plan --suggest needs --patch-size P (a run of the config) or --tokens N")

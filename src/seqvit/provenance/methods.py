@@ -85,7 +85,7 @@ def _list(items) -> str:
 
 def _parallelism(cfg: dict) -> str:
     """Each run's sequence-parallel degree SP and data-parallel replicas DP, from the config."""
-    from seqvit.train.slurm import run_parallelism
+    from seqvit.runs import run_parallelism
 
     patch_sizes = [int(p) for p in cfg["tokenize"]["patch_sizes"]]
     layouts = {p: run_parallelism(cfg, p) for p in patch_sizes}

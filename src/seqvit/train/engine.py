@@ -44,9 +44,9 @@ from seqvit.model.vit import build_model
 from seqvit.parallel import groups
 from seqvit.parallel.shard import Shard
 from seqvit.provenance.code import stage_hash
+from seqvit.runs import run_config, run_parallelism
 from seqvit.train import throughput
 from seqvit.train.checkpoint import Checkpoints, StopRequest, TrainingInterrupted
-from seqvit.train.slurm import run_config, run_parallelism
 
 log = logging.getLogger(__name__)
 
@@ -510,8 +510,7 @@ def _sequence_parallel(cfg: dict, layout, model, patch_size: int) -> None:
 
     pcfg = cfg.get("parallel") or {}
     method, uneven = pcfg.get("sp_method", "ulysses"), pcfg.get("uneven", "error")
-    runs = pcfg.get("runs") or {}
-    dp = (runs.get(patch_size) or runs.get(str(patch_size)) or {}).get("dp", pcfg.get("dp"))
+    dp = pcfg.get("dp")  # this run's (train() applied its parallel.runs entry)
     if dp is not None and int(dp) != layout.dp:
         raise SeqvitError(
             f"config key parallel.dp: {dp} data-parallel replicas asked for, but {layout.world_size} processes with "

@@ -18,41 +18,14 @@ import re
 import shlex
 
 from seqvit.errors import SeqvitError
+from seqvit.runs import run_entry, run_parallelism
 
 _VARIABLE = re.compile(r"\$(?:\{(\w+)\}|(\w+))")
 
 
-def run_parallelism(cfg: dict, patch_size: int) -> tuple[int, int]:
-    """(P, D) of the run with this patch size: parallel.runs[p] overrides parallel.sp / .dp."""
-    pcfg = cfg.get("parallel") or {}
-    run = (pcfg.get("runs") or {}).get(patch_size) or (pcfg.get("runs") or {}).get(str(patch_size)) or {}
-    sp = int(run.get("sp", pcfg.get("sp", 1)))
-    dp = int(run.get("dp", pcfg.get("dp", 1)))
-    if sp < 1 or dp < 1:
-        raise SeqvitError(f"parallel.runs.{patch_size}: sp and dp must be at least 1 (got sp={sp}, dp={dp})")
-    return sp, dp
-
-
-def run_config(cfg: dict, patch_size: int) -> dict:
-    """The config one run trains with: its parallel.runs entry applied (sp, dp, grad_accumulation)."""
-    pcfg = cfg.get("parallel") or {}
-    run = (pcfg.get("runs") or {}).get(patch_size) or (pcfg.get("runs") or {}).get(str(patch_size)) or {}
-    if not run:
-        return cfg
-    out = {**cfg, "parallel": {**pcfg}, "train": {**cfg["train"]}}
-    for key in ("sp", "dp"):
-        if key in run:
-            out["parallel"][key] = run[key]
-    if "grad_accumulation" in run:
-        out["train"]["grad_accumulation"] = run["grad_accumulation"]
-    return out
-
-
 def pinned_minutes(cfg: dict, patch_size: int) -> int | None:
     """The walltime the config pins for this run: parallel.runs.P.train_minutes, else cluster.train_minutes."""
-    pcfg = cfg.get("parallel") or {}
-    run = (pcfg.get("runs") or {}).get(patch_size) or (pcfg.get("runs") or {}).get(str(patch_size)) or {}
-    value = run.get("train_minutes", (cfg.get("cluster") or {}).get("train_minutes"))
+    value = run_entry(cfg, patch_size).get("train_minutes", (cfg.get("cluster") or {}).get("train_minutes"))
     return None if value is None else int(value)
 
 
