@@ -1,4 +1,4 @@
-"""Sequence-parallel attention: time, memory and FLOP/s of our Ulysses, DeepSpeed's and LSS.
+"""Sequence-parallel attention: time, memory and FLOP/s of Ulysses (ours, DeepSpeed's), LSS, ring, two-level.
 
     .venv/bin/python benchmarks/attention_parallel.py                 # everything (CPU: ~8 min on 2 idle cores)
     .venv/bin/python benchmarks/attention_parallel.py --quick         # seconds: a smoke run of every section
@@ -11,6 +11,13 @@ Sections (each prints a table and the ratios measured in this run):
           a per-rank memory budget, for each P (goal: grows in proportion to P)
   flops   achieved FLOP/s of one block (P = 1) as a fraction of the matmul peak measured in
           turns with it (2048^2 matmuls; goal on CPU: above 50% at 4K tokens and more)
+  overlap ring attention's forward+backward against its arithmetic alone (the K/V shifts made
+          local copies) and its shifts alone: the share of the shorter one hidden by the other
+          (1: full overlap, 0: none), i.e. whether the backend progresses isend/irecv while the
+          rank computes
+
+The two-level methods (ulysses-lss, ulysses-ring) run with --sp-inner (default 2) where it
+divides P (and is less) and the heads; elsewhere they are left out.
 
 The same script runs unchanged on GPUs (CUDA or ROCm): one process per GPU with NCCL/RCCL, memory
 from torch.cuda.max_memory_allocated, the peak from a bf16 (--dtype) matmul; P is limited to the
@@ -43,7 +50,8 @@ from seqvit.model.vit import Block, ForecastViT  # noqa: E402
 from seqvit.parallel.sequence import sequence_parallel_attention  # noqa: E402
 from seqvit.parallel.spawn import spawn  # noqa: E402
 
-METHODS = ("ulysses", "deepspeed-ulysses", "lss")
+METHODS = ("ulysses", "deepspeed-ulysses", "lss", "ring", "ulysses-lss", "ulysses-ring")
+TWO_LEVEL = ("ulysses-lss", "ulysses-ring")
 CHANNELS, COLS = 4, 64  # whole-model runs: 4 channels, patch size 1, a grid of N/64 x 64 patches
 
 
@@ -126,13 +134,17 @@ def _time(steps: dict, device, iters: int) -> dict:
 # --- workloads ----------------------------------------------------------------------------------
 
 
-def _backend(method: str, p: int, n: int, heads: int, kernel: str):
-    return kernel if p == 1 else sequence_parallel_attention(method, None, n, heads, kernel=kernel)
+def _backend(method: str, p: int, n: int, heads: int, kernel: str, sp_inner: int = 1):
+    if p == 1:
+        return kernel
+    inner = sp_inner if method in TWO_LEVEL else 1
+    return sequence_parallel_attention(method, None, n, heads, kernel=kernel, sp_inner=inner)
 
 
 def _block_step(args, method, p, n, device, dtype):
     torch.manual_seed(0)
-    block = Block(args.dim, args.heads, args.mlp_ratio, 0.0, _backend(method, p, n, args.heads, args.kernel))
+    backend = _backend(method, p, n, args.heads, args.kernel, args.sp_inner)
+    block = Block(args.dim, args.heads, args.mlp_ratio, 0.0, backend)
     block = block.to(device, dtype)
     x = torch.randn(args.batch, n // p, args.dim, device=device, dtype=dtype, requires_grad=True)
 
@@ -153,7 +165,7 @@ def _model_step(args, method, p, n, device, dtype, rank):
         depth=args.depth,
         num_heads=args.heads,
         mlp_ratio=args.mlp_ratio,
-        attention_backend=_backend(method, p, n, args.heads, args.kernel),
+        attention_backend=_backend(method, p, n, args.heads, args.kernel, args.sp_inner),
     ).to(device, dtype)
     torch.nn.init.normal_(model.head.weight, std=0.02)
     local = n // p
@@ -189,14 +201,67 @@ def matmul_step(device, dtype, size: int = 2048):
 # --- one world of P processes -------------------------------------------------------------------
 
 
-def _methods(p: int, names) -> list[str]:
-    return ["single"] if p == 1 else list(names)
+def _methods(p: int, names, args=None) -> list[str]:
+    if p == 1:
+        return ["single"]
+    inner = getattr(args, "sp_inner", 2)
+    fits = 1 < inner < p and p % inner == 0 and args is not None and args.heads % inner == 0
+    return [m for m in names if m not in TWO_LEVEL or fits]
+
+
+def _overlap(args, p, n, device, dtype, rank) -> dict:
+    """Ring forward+backward, its arithmetic alone and its shifts alone (module docstring: overlap)."""
+    from seqvit.parallel import ring
+
+    torch.manual_seed(0)
+    local, dim = n // p, args.dim // args.heads
+    q, k, v = (
+        torch.randn(args.batch, local, args.heads, dim, device=device, dtype=dtype, requires_grad=True)
+        for _ in range(3)
+    )
+    valid = [local] * p
+
+    def whole():
+        ring.ring_attention(q, k, v, None, valid).float().sum().backward()
+
+    shift = ring._Ring.shift
+
+    def local_copy(self, send, recv, tag, phase):
+        recv.copy_(send)
+        return []
+
+    def arithmetic():
+        ring._Ring.shift = local_copy
+        try:
+            whole()
+        finally:
+            ring._Ring.shift = shift
+
+    kv = torch.stack((k, v)).detach()
+    dkv = kv.float()
+    links = ring._Ring(None, "overlap")
+
+    def shifts():  # the forward's P-1 K/V shifts and the backward's P-1 K/V and P-1 dK/dV ones
+        for buffer, rounds in ((kv, 2 * (p - 1)), (dkv, p - 1)):
+            for _ in range(rounds):
+                ring._wait(links.shift(buffer, torch.empty_like(buffer), 0, "forward"))
+
+    seconds = _time({"ring": whole, "arithmetic": arithmetic, "shifts": shifts}, device, args.iters)
+    both, compute, comm = seconds["ring"], seconds["arithmetic"], seconds["shifts"]
+    hidden = (compute + comm - both) / min(compute, comm)
+    if rank == 0:
+        print(
+            f"  overlap P={p} N={n:6d} ring {both * 1e3:.1f} ms, arithmetic {compute * 1e3:.1f} ms, shifts "
+            f"{comm * 1e3:.1f} ms: hidden share {hidden:.2f}",
+            flush=True,
+        )
+    return {"p": p, "n": n, "ring": both, "arithmetic": compute, "shifts": comm, "hidden": hidden}
 
 
 def _worker(rank: int, world: int, args) -> dict:
     device = _device(rank)
     dtype = getattr(torch, args.dtype)
-    out = {"time": [], "memory": [], "flops": []}
+    out = {"time": [], "memory": [], "flops": [], "overlap": []}
     p = world
     if "time" in args.sections:
         for n in args.sizes:
@@ -205,15 +270,19 @@ def _worker(rank: int, world: int, args) -> dict:
                     continue
                 extra = (rank,) if what == "model" else ()
                 steps = {
-                    method: make(args, method, p, n, device, dtype, *extra) for method in _methods(p, args.methods)
+                    method: make(args, method, p, n, device, dtype, *extra)
+                    for method in _methods(p, args.methods, args)
                 }
                 for method, seconds in _time(steps, device, args.iters).items():
                     out["time"].append({"what": what, "p": p, "n": n, "method": method, "seconds": seconds})
                     if rank == 0:
                         print(f"  time {what:5s} P={p} N={n:6d} {method:17s} {seconds * 1e3:9.1f} ms", flush=True)
                 del steps
+    if "overlap" in args.sections and p > 1:
+        for n in args.sizes:
+            out["overlap"].append(_overlap(args, p, n, device, dtype, rank))
     if "memory" in args.sections:
-        for method in _methods(p, args.memory_methods):
+        for method in _methods(p, args.memory_methods, args):
             out["memory"].append(_longest(args, method, p, device, dtype, rank))
     if "flops" in args.sections and p == 1:
         matmul, matmul_flops = matmul_step(device, dtype)
@@ -335,6 +404,17 @@ def report(results: dict, args) -> str:
                 rows,
             )
         )
+    overlap = [r for rs in results.values() for r in rs.get("overlap", [])]
+    if overlap:
+        rows = [
+            [r["n"], r["p"], f"{r['ring'] * 1e3:.1f}", f"{r['arithmetic'] * 1e3:.1f}", f"{r['shifts'] * 1e3:.1f}"]
+            + [f"{r['hidden']:.2f}"]
+            for r in overlap
+        ]
+        parts.append(
+            f"### Ring attention: does the backend overlap its shifts with the arithmetic? ({args.dtype})\n\n"
+            + _table(["N", "P", "ring ms", "arithmetic alone ms", "shifts alone ms", "hidden share (1 = full)"], rows)
+        )
     flops = [r for rs in results.values() for r in rs["flops"]]
     if flops:
         rows = [
@@ -356,11 +436,12 @@ def report(results: dict, args) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sections", default="time,memory,flops")
+    parser.add_argument("--sections", default="time,memory,flops,overlap")
     parser.add_argument("--ps", default="1,2,4", help="sequence-parallel degrees (one world of P processes each)")
     parser.add_argument("--sizes", default="2048,4096,8192", help="sequence lengths N for the time section")
     parser.add_argument("--methods", default=",".join(METHODS))
-    parser.add_argument("--memory-methods", default="ulysses,lss")
+    parser.add_argument("--memory-methods", default="ulysses,lss,ring")
+    parser.add_argument("--sp-inner", type=int, default=2, help="inner degree of the two-level methods")
     parser.add_argument("--flop-sizes", default="1024,4096,8192")
     parser.add_argument("--dim", type=int, default=256)
     parser.add_argument("--heads", type=int, default=4)

@@ -1,6 +1,6 @@
 """bf16 training under sequence parallelism against one bf16 process (gloo, CPU, real processes).
 
-P = 2 with each method trains 20 steps in bf16 (DeepSpeed's bf16 mode: bf16 weights and
+P = 2 with each one-level method (P = 4 as 2 x 2 with each two-level method) trains 20 steps in bf16 (DeepSpeed's bf16 mode: bf16 weights and
 activations, fp32 master weights and loss); its loss curve agrees with a one-process bf16 run to
 1e-3 relative at every step (measured: 2.3e-4 Ulysses and DeepSpeed-Ulysses, 3.0e-4 LSS; one
 process in fp32 is 1.8e-2 away). bf16 keeps about 3 significant digits, and the ranks compute in
@@ -17,7 +17,8 @@ from seqvit.parallel import groups
 from seqvit.train.engine import train
 
 pytestmark = pytest.mark.workflow  # multi-process training
-METHODS = list(groups.SP_METHODS)
+METHODS = [m for m in groups.SP_METHODS if m not in groups.TWO_LEVEL]  # at P = 2
+TWO_LEVEL = list(groups.TWO_LEVEL)  # at P = 4: an inner Ulysses pair, an outer pair
 STEPS = 20
 RTOL = 1e-3
 
@@ -36,7 +37,15 @@ def curves(tmp_path_factory):
         for method in METHODS
     ]
     tiny_runs.torchrun(2, tokens, runs, "nothing", root / "spec.json")
-    return {name: tiny_runs.losses(root / name) for name in ["one", "fp32", *METHODS]}
+    runs = [
+        {
+            "cfg": tiny_runs.variant(cfg, parallel={"sp": 4, "sp_inner": 2, "sp_method": method}),
+            "out": str(root / method),
+        }
+        for method in TWO_LEVEL
+    ]
+    tiny_runs.torchrun(4, tokens, runs, "nothing", root / "spec4.json")
+    return {name: tiny_runs.losses(root / name) for name in ["one", "fp32", *METHODS, *TWO_LEVEL]}
 
 
 def test_bf16_is_in_effect(curves):
@@ -44,7 +53,7 @@ def test_bf16_is_in_effect(curves):
     assert np.max(np.abs(curves["fp32"] - curves["one"]) / np.abs(curves["one"])) > 10 * RTOL
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", METHODS + TWO_LEVEL)
 def test_bf16_sequence_parallel_loss_matches_one_process(curves, method):
     want, got = curves["one"], curves[method]
     assert len(want) == len(got) == STEPS

@@ -314,3 +314,12 @@ def test_nested_set_creates_sections_the_schema_allows(demo_cfg, tmp_path):
     assert cfg["source"]["retry"] == {"client_sleep_max": 1} and cfg["stats"]["climatology_years"] == [2015]
     with pytest.raises(SeqvitError, match=r"config has no section 'retri'; did you mean source.retry\?"):
         apply_overrides(demo_cfg, ["source.retri.attempts=2"])
+
+
+def test_a_window_size_that_leaves_partial_windows_is_refused_before_anything_runs():
+    with pytest.raises(SeqvitError) as err:
+        load_configs([ROOT / "config" / "config.yaml"], ["model.attention_pattern=window", "model.window_size=4"])
+    # the demo grid is 32 x 64: patch 16 gives 2 x 4 tokens, where 4 rows do not fit
+    assert "model.window_size: 4 does not divide the token grid of 2 x 4 tokens" in str(err.value)
+    assert "use one of [1, 2]" in str(err.value) and "patch size 8" not in str(err.value)
+    load_configs([ROOT / "config" / "config.yaml"], ["model.attention_pattern=window", "model.window_size=2"])

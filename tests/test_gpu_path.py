@@ -73,7 +73,7 @@ def test_training_refuses_a_group_without_a_backend_for_its_device(own_group, tm
 OWN_COLLECTIVES = {
     "checkpoint:pending": "stop-signal agreement after every step",
     "engine:validation_loss": "validation loss",
-    "engine:_train": "loss logging",
+    "engine:log_row": "loss logging",
     "checkpoint:_agree": "agreement on the checkpoint a resume starts from",
     "checkpoint:_barrier": "checkpoint saves",
     "lss:": "sequence-parallel attention",

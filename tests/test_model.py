@@ -149,3 +149,23 @@ def test_weight_decay_spares_biases_norms_and_embedding_tables():
     assert torch.equal(after["blocks.0.norm1.weight"], before["blocks.0.norm1.weight"])
     assert torch.equal(after["channel_embedding"], before["channel_embedding"])
     assert torch.allclose(after["blocks.0.qkv.weight"], before["blocks.0.qkv.weight"] * (1 - 0.1 * 0.5))
+
+
+def test_window_attention_batches_windows_through_the_kernel():
+    """attention_pattern window: one kernel call per band height, windows as the batch; same weights as full."""
+    calls = []
+
+    def spy(q, k, v, dropout_p=0.0):
+        calls.append(tuple(q.shape))
+        return attention(q, k, v, "math")
+
+    cfg = {"embed_dim": 32, "depth": 2, "num_heads": 4, "mlp_ratio": 2}
+    # 8 x 16 grid in patches of 2: 4 x 8 tokens, windows of 2 x 2 (4 rows of 4 per sample of 2)
+    model = build_model({**cfg, "attention_pattern": "window", "window_size": 2}, C, 2, GRID)
+    assert {n: p.shape for n, p in model.named_parameters()} == {
+        n: p.shape for n, p in build_model(cfg, C, 2, GRID).named_parameters()
+    }
+    model.set_attention_backend(spy)
+    model(torch.randn(2, C, 32, 4), torch.tensor([6.0, 6.0]))
+    # block 0: 2 x 8 windows of 4 tokens; block 1 (shifted): 1-row windows of 2 tokens at each pole, 2 x 2 between
+    assert calls == [(16, 4, 4, 8), (8, 2, 4, 8), (8, 4, 4, 8), (8, 2, 4, 8)]

@@ -112,7 +112,22 @@ def test_each_rank_has_its_own_random_stream():
             {"num_tokens": 128, "num_heads": 4, "sp": 2, "method": "lss", "world_size": 8, "batch_size": 6},
             r"train.batch_size: 6 does not split over 4",
         ),
-        ({"num_tokens": 128, "num_heads": 4, "sp": 2, "method": "ring"}, "parallel.sp_method"),
+        ({"num_tokens": 128, "num_heads": 4, "sp": 2, "method": "striped"}, "parallel.sp_method"),
+        (
+            {"num_tokens": 128, "num_heads": 6, "sp": 8, "method": "ulysses-ring", "sp_inner": 4},
+            r"sp_inner \(4\): .*divide the head count; use parallel.sp_inner in \[2\]",
+        ),
+        (
+            {"num_tokens": 128, "num_heads": 6, "sp": 8, "method": "ulysses-lss", "sp_inner": 3},
+            r"sp_inner \(3\) and parallel.sp \(8\).*must divide sp",
+        ),
+        ({"num_tokens": 128, "num_heads": 4, "sp": 4, "method": "ulysses-lss"}, r"needs the size of its inner"),
+        ({"num_tokens": 128, "num_heads": 4, "sp": 4, "method": "ulysses-ring", "sp_inner": 4}, "no outer level"),
+        (
+            {"num_tokens": 128, "num_heads": 4, "sp": 4, "method": "ring", "sp_inner": 2},
+            r"sp_inner: 2 is for the two-level",
+        ),
+        ({"num_tokens": 128, "num_heads": 4, "sp": 4, "method": "ulysses", "sp_inner": 2}, r"sp_method=ulysses-lss"),
     ],
 )
 def test_invalid_layouts_are_rejected_with_the_fix(kwargs, message):
@@ -124,6 +139,10 @@ def test_valid_layouts_pass():
     groups.check_layout(num_tokens=128, num_heads=6, sp=4, method="lss")  # LSS: any head count
     groups.check_layout(num_tokens=128, num_heads=8, sp=4, method="ulysses", world_size=8, batch_size=4)
     groups.check_layout(num_tokens=130, num_heads=4, sp=4, method="ulysses", uneven="pad")
+    groups.check_layout(num_tokens=128, num_heads=6, sp=4, method="ring")  # ring: any head count
+    # two-level: the inner degree divides the heads, the outer one (4) need not
+    groups.check_layout(num_tokens=128, num_heads=6, sp=8, method="ulysses-lss", sp_inner=2, world_size=16)
+    groups.check_layout(num_tokens=130, num_heads=4, sp=8, method="ulysses-ring", sp_inner=4, uneven="pad")
 
 
 def test_segments_tile_the_sequence():
@@ -146,6 +165,15 @@ def test_communication_formulas():
     assert expected("deepspeed-ulysses", 1, n, h, p, 2)["forward"] == (4, 28 * mib)
     assert expected("lss", 1, n, h, p, 2)["forward"] == (1, 112 * mib)
     assert expected("lss", 1, n, h, p, 2)["backward"] == (1, 112 * mib)
+    # ring: its 8 MiB of K and of V go one hop, 7 times: 7 x 16 MiB = 112 MiB; backward K/V again plus dK/dV
+    # in fp32 (32 MiB a hop): 7 x 48 MiB
+    assert expected("ring", 1, n, h, p, 2) == {"forward": (7, 112 * mib), "backward": (14, 7 * 48 * mib)}
+    # ulysses-ring at I = 2 x O = 4: Ulysses among 2 ranks, 4 x 8 MiB of which half leaves = 16 MiB; then a
+    # ring of 4 over blocks of 8192 tokens x 512 (the rank's heads): K and V 16 MiB a hop, 3 hops = 48 MiB
+    two = expected("ulysses-ring", 1, n, h, p, 2, sp_inner=2)
+    assert two["forward"] == (2 + 3, 16 * mib + 48 * mib)
+    # ulysses-lss at I = 2 x O = 4: the same Ulysses, then an all-gather of the 16 MiB block to 3 ranks
+    assert expected("ulysses-lss", 1, n, h, p, 2, sp_inner=2)["forward"] == (2 + 1, 16 * mib + 48 * mib)
 
 
 def test_parallel_keys_in_config_and_on_the_command_line():
@@ -154,7 +182,7 @@ def test_parallel_keys_in_config_and_on_the_command_line():
     )
     assert cfg["parallel"]["sp"] == 2 and cfg["parallel"]["sp_method"] == "lss" and cfg["model"]["attention"] == "auto"
     with pytest.raises(SeqvitError, match="parallel.sp_method"):
-        load_config(ROOT / "config" / "config.yaml", ["parallel.sp_method=ring"])
+        load_config(ROOT / "config" / "config.yaml", ["parallel.sp_method=striped"])
     with pytest.raises(SeqvitError, match="parallel.sp"):
         load_config(ROOT / "config" / "config.yaml", ["parallel.sp=0"])
 

@@ -143,8 +143,10 @@ def _torchrun(setup, nproc, *sets):
     [
         (2, ("parallel.sp=2", "parallel.sp_method=ulysses")),  # P = 2
         (4, ("parallel.sp=2", "parallel.sp_method=lss")),  # P = 2 x D = 2: each replica 2 of the 4 samples
+        # two levels (Ulysses over ranks {0, 1} and {2, 3}, ring between them) under ZeRO stage 2
+        (4, ("parallel.sp=4", "parallel.sp_method=ulysses-ring", "parallel.sp_inner=2", "train.zero_stage=2")),
     ],
-    ids=["sp2-ulysses", "sp2xdp2-lss"],
+    ids=["sp2-ulysses", "sp2xdp2-lss", "sp4-ulysses-ring-zero2"],
 )
 def test_torchrun_matches_one_process(setup, nproc, sets):
     run = setup["run"]

@@ -14,6 +14,7 @@ from seqvit.data.sources import source_class
 from seqvit.data.sources.plan import DOWNLOADERS, KINDS
 from seqvit.evaluate.baselines import BASELINES
 from seqvit.model.attention import BACKENDS
+from seqvit.model.window import PATTERNS
 from seqvit.parallel.groups import SP_METHODS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,6 +52,7 @@ def test_sources():
 def test_sequence_parallel_methods_and_kernels():
     assert list(SP_METHODS) == SCHEMA["parallel"]["properties"]["sp_method"]["enum"]
     assert list(BACKENDS) == SCHEMA["model"]["properties"]["attention"]["enum"]
+    assert list(PATTERNS) == SCHEMA["model"]["properties"]["attention_pattern"]["enum"]
 
 
 def test_regrid_methods():

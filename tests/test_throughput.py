@@ -20,6 +20,8 @@ from seqvit.train.throughput import (
     peak_tflops,
 )
 
+WINDOW = {"attention_pattern": "window"}
+
 # (model config, channels, patch size, grid, batch). attention=math: the counter has no formula
 # for CPU's fused SDPA kernel and would see no attention at all; the explicit einsums it counts.
 CONFIGS = [
@@ -27,6 +29,10 @@ CONFIGS = [
     ({"embed_dim": 64, "depth": 3, "num_heads": 8, "mlp_ratio": 2.5}, 5, 4, (16, 32), 3),
     ({"embed_dim": 128, "depth": 4, "num_heads": 4, "mlp_ratio": 4}, 9, 8, (32, 64), 2),  # the demo at p = 8
     ({"embed_dim": 32, "depth": 2, "num_heads": 2, "mlp_ratio": 4}, 2, 2, (32, 64), 1),  # 512 tokens: attention-heavy
+    # window attention: 8 x 16 tokens in windows of 4 (a shifted block's pole windows are 2 x 4), and
+    # 4 x 8 tokens in windows of 2
+    ({**WINDOW, "embed_dim": 32, "depth": 3, "num_heads": 4, "mlp_ratio": 4, "window_size": 4}, 3, 2, (16, 32), 2),
+    ({**WINDOW, "embed_dim": 32, "depth": 2, "num_heads": 2, "mlp_ratio": 2, "window_size": 2}, 2, 2, (8, 16), 2),
 ]
 
 # Counted by the FLOP counter but not per sample: the aggregation's query-key product on weights,
@@ -50,7 +56,9 @@ def test_model_flops_match_torch_flop_counter(cfg, channels, patch, grid, batch,
     torch.manual_seed(0)
     model = build_model({**cfg, "attention": "math"}, channels, patch, grid)
     counted = _counted(model, batch, training)
-    ours = batch * model_flops_per_sample(cfg, channels, patch, model.num_tokens, training=training)
+    ours = batch * model_flops_per_sample(
+        cfg, channels, patch, model.num_tokens, training=training, token_grid=model.token_grid
+    )
     dim = cfg["embed_dim"]
     per_call = (6 if training else 2) * dim * dim
     assert counted == ours + per_call  # exact once the per-call term is added
@@ -71,6 +79,25 @@ def test_flops_by_part_and_the_training_factor():
     assert model_flops_per_sample({}, 9, 8, 32) == model_flops_per_sample(cfg, 9, 8, 32)
     with pytest.raises(SeqvitError, match=r"model.embed_dim \(130\) must be divisible by model.num_heads \(4\)"):
         model_flops_per_sample({"embed_dim": 130}, 9, 8, 32)
+
+
+def test_window_attention_flops():
+    cfg = {"embed_dim": 32, "depth": 3, "num_heads": 4, "mlp_ratio": 4}
+    window = {**cfg, **WINDOW, "window_size": 4}
+    full_parts = forward_flops_by_part(cfg, 3, 2, 128)
+    parts = forward_flops_by_part(window, 3, 2, 128, token_grid=(8, 16))
+    # 8 x 16 tokens, windows of 4: blocks 0 and 2 have 8 windows of 16 tokens; block 1, shifted, has 4
+    # windows of 2 x 4 tokens at each pole and 4 of 4 x 4 between (counted by hand)
+    pairs = 2 * (8 * 16**2) + (8 * 8**2 + 4 * 16**2)
+    assert parts["attention"] == 4 * 32 * pairs
+    assert full_parts["attention"] == 4 * 32 * 3 * 128**2
+    assert {k: v for k, v in parts.items() if k != "attention"} == {
+        k: v for k, v in full_parts.items() if k != "attention"
+    }
+    with pytest.raises(SeqvitError, match="need the token grid"):
+        forward_flops_by_part(window, 3, 2, 128)
+    with pytest.raises(SeqvitError, match=r"model.window_size: 3 does not divide the token grid of 8 x 16"):
+        forward_flops_by_part({**window, "window_size": 3}, 3, 2, 128, token_grid=(8, 16))
 
 
 def test_throughput_and_mfu_arithmetic():

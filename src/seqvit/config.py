@@ -239,6 +239,29 @@ def check_semantics(cfg: dict, source: str = "config") -> None:
             "evaluate.extrapolate_leads: true to score the ViT on leads it was not trained on"
         )
 
+    # F: a window-attention model needs whole windows on the token grid of every patch size.
+    model = cfg.get("model") or {}
+    if model.get("attention_pattern") == "window" and cfg.get("grid"):
+        from seqvit.data.grids import named_grid
+        from seqvit.model.window import check_window
+
+        try:
+            grid = named_grid(str(cfg["grid"]))
+        except SeqvitError:
+            grid = None  # an unknown grid name is reported where the grid is used
+        for patch in (cfg.get("tokenize") or {}).get("patch_sizes") or []:
+            if grid is None or grid.shape[0] % patch or grid.shape[1] % patch:
+                continue  # patch sizes that do not divide the grid are reported by tokenize
+            try:
+                check_window(
+                    grid.shape[0] // patch,
+                    grid.shape[1] // patch,
+                    model.get("window_size"),
+                    f" of patch size {patch} on the {grid.shape[0]} x {grid.shape[1]} grid",
+                )
+            except SeqvitError as exc:
+                problems.append(str(exc))
+
     # E: the results folder reaches shell commands (srun lines, logs) and other tools' command
     # lines; config file paths never do (rules read the resolved config under the results folder).
     paths = [("config key results", cfg.get("results"))]

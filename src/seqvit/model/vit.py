@@ -13,9 +13,13 @@ Reading order of forward():
 The output is the tendency (target - input) in normalized units; a forecast is input + output.
 
 Sequence-parallel seam: every op except `attention` works token by token, so a rank may hold
-only tokens [s0, s1) and call forward(..., token_offset=s0); the position embedding is sliced
-for that segment and each block has exactly one attention call site, whose backend may be a
-callable that gathers the sequence across ranks.
+only tokens [s0, s1) and call forward(..., token_offset=s0); the position embedding is built
+for that segment only (from per-axis tables) and each block has exactly one attention call site,
+whose backend may be a callable that gathers the sequence across ranks.
+
+Attention pattern (model.attention_pattern): full, every token attends to every token; window,
+Swin-style windows on the token grid, shifted every other block (model/window.py). Window
+attention needs the whole token grid in one process, so it does not run sequence parallel.
 """
 
 from __future__ import annotations
@@ -29,26 +33,44 @@ from torch import nn
 
 from seqvit.errors import SeqvitError
 from seqvit.model.attention import attention
+from seqvit.model.window import PATTERNS, WindowLayout, check_window, layouts, window_attention
 from seqvit.patches import check_patch_size
 
 
-def sincos_position_embedding(grid_rows: int, grid_cols: int, dim: int) -> torch.Tensor:
-    """Fixed 2-D sin-cos embedding [rows*cols, dim], row-major like the tokens.
+def sincos_axis_tables(grid_rows: int, grid_cols: int, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two halves of the fixed 2-D sin-cos embedding: float32 [rows, dim/2] and [cols, dim/2].
 
-    Half of the dimensions encode the patch row, half the patch column (MAE/ClimaX style).
+    The embedding of the token in patch row r and column c is the row table's row r followed by
+    the column table's row c (MAE/ClimaX style): per axis, sin then cos of position x omega_k,
+    omega_k = 10000^(-k / (dim/4)). Computed in float64 and rounded once to float32, so the values
+    are those of the whole table without ever building it (4 GB at a million tokens).
     """
     if dim % 4:
         raise SeqvitError(f"config key model.embed_dim: {dim} must be divisible by 4 for 2-D sin-cos positions")
     quarter = dim // 4
     omega = 1.0 / 10000 ** (np.arange(quarter, dtype=np.float64) / quarter)
 
-    def encode(positions):
-        angles = np.outer(positions, omega)
-        return np.concatenate([np.sin(angles), np.cos(angles)], axis=1)
+    def encode(count):
+        angles = np.outer(np.arange(count, dtype=np.float64), omega)
+        return torch.from_numpy(np.concatenate([np.sin(angles), np.cos(angles)], axis=1).astype(np.float32))
 
-    rows, cols = np.meshgrid(np.arange(grid_rows), np.arange(grid_cols), indexing="ij")
-    table = np.concatenate([encode(rows.reshape(-1)), encode(cols.reshape(-1))], axis=1)
-    return torch.from_numpy(table.astype(np.float32))
+    return encode(grid_rows), encode(grid_cols)
+
+
+def sincos_position_embedding(grid_rows: int, grid_cols: int, dim: int, start: int = 0, stop=None) -> torch.Tensor:
+    """Rows [start, stop) of the fixed 2-D sin-cos embedding [rows*cols, dim] (row-major like the
+    tokens), float32; only those rows are built."""
+    stop = grid_rows * grid_cols if stop is None else stop
+    if not 0 <= start <= stop <= grid_rows * grid_cols:
+        raise SeqvitError(f"positions [{start}, {stop}) are outside the {grid_rows} x {grid_cols} patches of the grid")
+    row_table, col_table = sincos_axis_tables(grid_rows, grid_cols, dim)
+    return _positions(row_table, col_table, start, stop)
+
+
+def _positions(row_table: torch.Tensor, col_table: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+    index = torch.arange(start, stop, device=row_table.device)
+    cols = col_table.shape[0]
+    return torch.cat((row_table[index // cols], col_table[index % cols]), dim=1)
 
 
 class ChannelPatchEmbedding(nn.Module):
@@ -113,10 +135,19 @@ class Block(nn.Module):
     but not the masks one process would draw; the math kernel draws it with F.dropout.
     """
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, dropout: float, attention_backend):
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_ratio: float,
+        dropout: float,
+        attention_backend,
+        window: WindowLayout | None = None,
+    ):
         super().__init__()
         self.num_heads = num_heads
         self.attention_backend = attention_backend
+        self.window = window  # None: full attention
         self.dropout = dropout
         self.norm1 = nn.LayerNorm(dim)
         self.qkv = nn.Linear(dim, 3 * dim)
@@ -131,13 +162,19 @@ class Block(nn.Module):
     def forward(self, x):  # [B, S, D]
         batch, seq, dim = x.shape
         q, k, v = self.qkv(self.norm1(x)).reshape(batch, seq, 3, self.num_heads, dim // self.num_heads).unbind(2)
-        mixed = attention(q, k, v, backend=self.attention_backend, dropout_p=self.dropout if self.training else 0.0)
+        dropout_p = self.dropout if self.training else 0.0
+        if self.window is None:
+            mixed = attention(q, k, v, backend=self.attention_backend, dropout_p=dropout_p)
+        else:
+            mixed = window_attention(q, k, v, self.window, backend=self.attention_backend, dropout_p=dropout_p)
         x = x + self.proj_dropout(self.proj(mixed.reshape(batch, seq, dim)))
         return x + self.mlp(self.norm2(x))
 
 
 class ForecastViT(nn.Module):
-    position_embedding: torch.Tensor  # a buffer (register_buffer); nn.Module's __getattr__ types it Tensor | Module
+    # buffers (register_buffer); nn.Module's __getattr__ types them Tensor | Module
+    position_rows: torch.Tensor
+    position_cols: torch.Tensor
 
     def __init__(
         self,
@@ -150,9 +187,15 @@ class ForecastViT(nn.Module):
         mlp_ratio: float = 4.0,
         dropout: float = 0.0,
         attention_backend="sdpa",
+        attention_pattern: str = "full",
+        window_size: int | None = None,
     ):
         super().__init__()
         check_patch_size(grid_shape, patch_size)
+        if attention_pattern not in PATTERNS:
+            raise SeqvitError(
+                f"config key model.attention_pattern: unknown pattern {attention_pattern!r}; use one of {PATTERNS}"
+            )
         if embed_dim % num_heads:
             raise SeqvitError(
                 f"config keys model.embed_dim ({embed_dim}) must be divisible by model.num_heads ({num_heads})"
@@ -163,16 +206,25 @@ class ForecastViT(nn.Module):
         pixels = patch_size * patch_size
         grid_rows, grid_cols = self.grid_shape[0] // patch_size, self.grid_shape[1] // patch_size
         self.num_tokens = grid_rows * grid_cols
+        self.token_grid = (grid_rows, grid_cols)
+        self.attention_pattern = attention_pattern
+        windows: list[WindowLayout | None] = [None] * depth
+        if attention_pattern == "window":
+            context = f" of patch size {patch_size} on the {self.grid_shape[0]} x {self.grid_shape[1]} grid"
+            check_window(grid_rows, grid_cols, window_size, context)
+            assert window_size is not None  # check_window refused anything else
+            windows = [*layouts(grid_rows, grid_cols, window_size, depth)]
 
         self.patch_embedding = ChannelPatchEmbedding(channels, pixels, embed_dim)
         self.channel_embedding = nn.Parameter(torch.zeros(channels, embed_dim))
         self.aggregation = ChannelAggregation(embed_dim, num_heads)
-        self.register_buffer(
-            "position_embedding", sincos_position_embedding(grid_rows, grid_cols, embed_dim), persistent=False
-        )
+        # the per-axis halves of the position table: each rank builds its tokens' rows from them (embed)
+        row_table, col_table = sincos_axis_tables(grid_rows, grid_cols, embed_dim)
+        self.register_buffer("position_rows", row_table, persistent=False)
+        self.register_buffer("position_cols", col_table, persistent=False)
         self.lead_embedding = LeadTimeEmbedding(embed_dim)
         self.blocks = nn.ModuleList(
-            Block(embed_dim, num_heads, mlp_ratio, dropout, attention_backend) for _ in range(depth)
+            Block(embed_dim, num_heads, mlp_ratio, dropout, attention_backend, window) for window in windows
         )
         self.norm = nn.LayerNorm(embed_dim)
         self.head = nn.Linear(embed_dim, channels * pixels)
@@ -211,7 +263,8 @@ class ForecastViT(nn.Module):
             )
         x = self.patch_embedding(tokens) + self.channel_embedding[None, :, None, :]
         x = self.aggregation(x)
-        x = x + self.position_embedding[token_offset : token_offset + local_tokens][None].to(x.dtype)
+        positions = _positions(self.position_rows, self.position_cols, token_offset, token_offset + local_tokens)
+        x = x + positions[None].to(x.dtype)
         return x + self.lead_embedding(lead_hours)
 
     # Learned tables and queries: shrinking them towards zero only erases what tells channels apart.
@@ -229,6 +282,12 @@ class ForecastViT(nn.Module):
 
     def forward(self, tokens, lead_hours, token_offset: int = 0):
         """Normalized tendency [B, C, L_local, P*P] for input tokens [B, C, L_local, P*P]."""
+        if self.attention_pattern == "window" and (token_offset or tokens.shape[2] != self.num_tokens):
+            raise SeqvitError(
+                f"model.attention_pattern: window needs all {self.num_tokens} tokens of the grid in one process, got "
+                f"tokens [{token_offset}, {token_offset + tokens.shape[2]}); use parallel.sp: 1 or "
+                "model.attention_pattern: full"
+            )
         x = self.embed(tokens, lead_hours, token_offset)
         for block in self.blocks:
             if self.activation_checkpointing and self.training and torch.is_grad_enabled():
@@ -241,7 +300,7 @@ class ForecastViT(nn.Module):
         return out.reshape(batch, local_tokens, self.channels, -1).permute(0, 2, 1, 3)
 
 
-MODEL_KEYS = ("embed_dim", "depth", "num_heads", "mlp_ratio", "dropout")
+MODEL_KEYS = ("embed_dim", "depth", "num_heads", "mlp_ratio", "dropout", "attention_pattern", "window_size")
 
 
 def build_model(model_cfg: dict, channels: int, patch_size: int, grid_shape) -> ForecastViT:

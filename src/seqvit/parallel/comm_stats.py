@@ -9,6 +9,7 @@ a local buffer of n bytes:
   all_gather          n (P-1)        (n = this rank's piece, delivered to P-1 others)
   reduce_scatter      n (P-1)/P      (n = the full buffer of P pieces)
   all_reduce          2 n (P-1)/P
+  send                n              (point to point: the whole buffer goes to one other rank)
 
 trace_collectives() additionally intercepts torch.distributed calls made by anyone (DeepSpeed
 included), so tests can check a method's own accounting and third-party code alike.
@@ -20,6 +21,12 @@ element size e (the formulas the tests check):
   deepspeed-ulysses  forward 4 all-to-all (Q, K, V, output), same bytes; backward the same
   lss                forward 1 all-gather (fused KV), 2 B N h e (P-1)/P;
                      backward 1 reduce-scatter (fused dK dV), the same bytes
+  ring               forward P-1 sends of the fused KV block, 2 B N h e (P-1)/P;
+                     backward P-1 sends of KV and P-1 of dK dV in fp32, 2 B N h (e + 4) (P-1)/P
+                     (twice the forward bytes in fp32)
+  ulysses-lss,       the sum of the two levels at their own degrees: ulysses at I = sp_inner on
+  ulysses-ring       the rank's own tokens (N/P each, all h), then lss or ring at P/I on blocks
+                     of N I/P tokens with hidden h/I
 """
 
 from __future__ import annotations
@@ -44,6 +51,8 @@ def sent_bytes(collective: str, nbytes: int, group_size: int) -> int:
         return nbytes * (p - 1) // p
     if collective == "all_reduce":
         return 2 * nbytes * (p - 1) // p
+    if collective == "send":
+        return nbytes
     raise ValueError(f"unknown collective {collective!r}")
 
 
@@ -92,11 +101,22 @@ class CommStats:
 STATS = CommStats()  # what our own methods record (always on: two integer additions per collective)
 
 
-def expected(method: str, batch: int, num_tokens: int, hidden: int, sp: int, element_size: int = 4) -> dict:
+def expected(
+    method: str, batch: int, num_tokens: int, hidden: int, sp: int, element_size: int = 4, sp_inner: int = 1
+) -> dict:
     """{phase: (collectives, bytes sent)} per layer and rank, from the formulas above."""
     if sp <= 1:
         return {"forward": (0, 0), "backward": (0, 0)}
     b, n, h, p, e = batch, num_tokens, hidden, sp, element_size
+    if method in ("ulysses-lss", "ulysses-ring"):
+        outer = p // sp_inner
+        # inner: Ulysses over sp_inner ranks holding N/P tokens each, i.e. a sequence of N/outer tokens
+        inner = expected("ulysses", b, n // outer, h, sp_inner, e)
+        rest = expected(method.split("-")[1], b, n, h // sp_inner, outer, e)
+        return {ph: (inner[ph][0] + rest[ph][0], inner[ph][1] + rest[ph][1]) for ph in ("forward", "backward")}
+    if method == "ring":
+        block = 2 * b * (n // p) * h  # elements of one fused K/V block
+        return {"forward": (p - 1, block * e * (p - 1)), "backward": (2 * (p - 1), block * (e + 4) * (p - 1))}
     if method in ("ulysses", "deepspeed-ulysses"):
         calls = 2 if method == "ulysses" else 4
         # per rank: (3 + 1) buffers of B (N/P) h elements, (P-1)/P of each leaves the rank
@@ -135,10 +155,22 @@ def trace_collectives(stats: CommStats, label: str = "trace"):
 
         return traced
 
+    def wrap_batch(original):
+        def traced(ops, *args, **kwargs):
+            for op in ops:  # P2POp: the sends of the batch (receives send nothing)
+                if getattr(op.op, "__name__", "") == "isend":
+                    size = dist.get_world_size(op.group)
+                    stats.add(label, "send", op.tensor.numel() * op.tensor.element_size(), size)
+            return original(ops, *args, **kwargs)
+
+        return traced
+
     for name, (collective, index) in _TRACED.items():
         if hasattr(dist, name):
             originals[name] = getattr(dist, name)
             setattr(dist, name, wrap(name, collective, index, originals[name]))
+    originals["batch_isend_irecv"] = dist.batch_isend_irecv
+    dist.batch_isend_irecv = wrap_batch(originals["batch_isend_irecv"])
     try:
         yield stats
     finally:

@@ -12,6 +12,11 @@ collective of training runs on tensors of that device (Layout.device).
 A rank of sequence-parallel group d holds a contiguous segment of the token sequence
 (segment_bounds): with tokens row-major over the patch grid, a latitude stripe.
 
+Two-level methods (TWO_LEVEL, parallel.sp_inner = I > 1): inside each sequence-parallel group,
+inner groups of I adjacent ranks (the Ulysses all-to-all; adjacent so that they share a node
+first) and outer groups of the P / I ranks with the same inner index, I apart (LSS or ring over
+the tokens the inner exchange gathered). Layout.inner_group / outer_group hold this rank's.
+
 Everything that can be wrong with a layout (world size, heads, sequence length, batch) is
 checked by check_layout before any step runs, with the fix in the message.
 
@@ -39,9 +44,11 @@ from seqvit.parallel.hostlist import first_host, tasks_on_node
 
 log = logging.getLogger(__name__)
 
-SP_METHODS = ("ulysses", "lss", "deepspeed-ulysses")
+SP_METHODS = ("ulysses", "lss", "deepspeed-ulysses", "ring", "ulysses-lss", "ulysses-ring")
 # Methods that scatter heads across the sequence-parallel ranks: the head count must divide.
 HEAD_SCATTERING = ("ulysses", "deepspeed-ulysses")
+# Ulysses over parallel.sp_inner adjacent ranks, then LSS or ring over the rest: sp_inner divides the heads.
+TWO_LEVEL = ("ulysses-lss", "ulysses-ring")
 UNEVEN_MODES = ("error", "pad")
 DEFAULT_PORT = 29500
 
@@ -60,6 +67,9 @@ class Layout:
     local_rank: int = 0
     sp_group: object = None
     device: torch.device = torch.device("cpu")
+    sp_inner: int = 1  # > 1: two-level methods (module docstring)
+    inner_group: object = None
+    outer_group: object = None
 
     @property
     def dp(self) -> int:
@@ -212,11 +222,13 @@ def check_world(world_size: int, sp: int, local_world_size: int | None = None) -
         )
 
 
-def build_groups(sp: int, local_world_size: int | None = None, device: torch.device = SINGLE.device) -> Layout:
+def build_groups(
+    sp: int, local_world_size: int | None = None, device: torch.device = SINGLE.device, sp_inner: int = 1
+) -> Layout:
     """Sequence-parallel groups over an initialized default process group (every rank must call this).
 
     device: the training device of this process (Layout.device); the default group must have a
-    backend for it.
+    backend for it. sp_inner > 1 also builds the inner and outer groups of the two-level methods.
     """
     if not dist.is_initialized():
         raise SeqvitError("build_groups needs torch.distributed initialized (init_distributed does it)")
@@ -229,8 +241,48 @@ def build_groups(sp: int, local_world_size: int | None = None, device: torch.dev
         group = dist.new_group(list(range(d * sp, (d + 1) * sp)))
         if rank // sp == d:
             sp_group = group
+    inner_group, outer_group = two_level_groups(sp, sp_inner) if sp_inner > 1 else (None, None)
     local_rank = int(os.environ.get("LOCAL_RANK", rank))
-    return Layout(rank=rank, world_size=world, sp=sp, local_rank=local_rank, sp_group=sp_group, device=device)
+    return Layout(
+        rank=rank,
+        world_size=world,
+        sp=sp,
+        local_rank=local_rank,
+        sp_group=sp_group,
+        device=device,
+        sp_inner=sp_inner,
+        inner_group=inner_group,
+        outer_group=outer_group,
+    )
+
+
+def two_level_ranks(world_size: int, sp: int, sp_inner: int) -> tuple[list[list[int]], list[list[int]]]:
+    """(inner groups, outer groups) as rank lists: inner = sp_inner adjacent ranks, outer = same inner index."""
+    if sp_inner < 1 or sp % sp_inner or world_size % sp:
+        raise SeqvitError(
+            f"config key parallel.sp_inner: {sp_inner} must divide parallel.sp ({sp}), which must divide the "
+            f"{world_size} processes"
+        )
+    outer = sp // sp_inner
+    inner_groups, outer_groups = [], []
+    for first in range(0, world_size, sp):
+        inner_groups += [list(range(first + o * sp_inner, first + (o + 1) * sp_inner)) for o in range(outer)]
+        outer_groups += [list(range(first + i, first + sp, sp_inner)) for i in range(sp_inner)]
+    return inner_groups, outer_groups
+
+
+def two_level_groups(sp: int, sp_inner: int) -> tuple[object, object]:
+    """This rank's (inner group, outer group); a collective call: every rank of the world makes it."""
+    rank, world = dist.get_rank(), dist.get_world_size()
+    inner_ranks, outer_ranks = two_level_ranks(world, sp, sp_inner)
+    mine: dict = {}
+    # new_group must be called by every rank for every group, in the same order.
+    for kind, lists in (("inner", inner_ranks), ("outer", outer_ranks)):
+        for ranks in lists:
+            group = dist.new_group(ranks)
+            if rank in ranks:
+                mine[kind] = group
+    return mine["inner"], mine["outer"]
 
 
 # The process-group backend per training device type. On a GPU, NCCL (RCCL on ROCm builds)
@@ -280,7 +332,9 @@ def _pin_device(device_type: str, local_rank: int) -> torch.device:
     return torch.device("cuda", index)
 
 
-def init_distributed(sp: int, device_type: str = "cpu", timeout_s: float = 1800.0, environ=None) -> Layout:
+def init_distributed(
+    sp: int, device_type: str = "cpu", timeout_s: float = 1800.0, environ=None, sp_inner: int = 1
+) -> Layout:
     """Layout of this process from the launcher's environment; initializes torch.distributed and groups.
 
     device_type: where training runs (cpu, cuda); it picks the backend (backend_for) and, on a
@@ -309,7 +363,7 @@ def init_distributed(sp: int, device_type: str = "cpu", timeout_s: float = 1800.
         dist.init_process_group(
             backend, rank=info["rank"], world_size=world, timeout=datetime.timedelta(seconds=timeout_s)
         )
-    return build_groups(sp, info["local_world_size"], device)
+    return build_groups(sp, info["local_world_size"], device, sp_inner=sp_inner if sp > 1 else 1)
 
 
 def rank_seed(seed: int, layout: Layout) -> int:
@@ -332,16 +386,27 @@ def check_layout(
     world_size: int | None = None,
     batch_size: int | None = None,
     uneven: str = "error",
+    sp_inner: int = 1,
 ) -> None:
     """Reject an impossible combination before training, naming the config key and the fix."""
     if method not in SP_METHODS:
         raise SeqvitError(f"config key parallel.sp_method: {method!r} is not one of {SP_METHODS}")
     if uneven not in UNEVEN_MODES:
         raise SeqvitError(f"config key parallel.uneven: {uneven!r} is not one of {UNEVEN_MODES}")
+    if sp_inner < 1:
+        raise SeqvitError(f"config key parallel.sp_inner: {sp_inner} must be at least 1 (1: not two-level)")
+    if sp_inner > 1 and method not in TWO_LEVEL:
+        raise SeqvitError(
+            f"config key parallel.sp_inner: {sp_inner} is for the two-level methods {TWO_LEVEL}, but "
+            f"parallel.sp_method is {method}, one level over all parallel.sp ranks; set parallel.sp_inner=1 (or "
+            f"leave it out) or use parallel.sp_method=ulysses-lss or ulysses-ring"
+        )
     if world_size is not None:
         check_world(world_size, sp)
     if sp == 1:
         return
+    if method in TWO_LEVEL:
+        _check_two_level(num_heads=num_heads, sp=sp, method=method, sp_inner=sp_inner)
     if method in HEAD_SCATTERING and num_heads % sp:
         divisors = [p for p in range(1, num_heads + 1) if num_heads % p == 0]
         raise SeqvitError(
@@ -372,6 +437,31 @@ def check_layout(
                 f"config key train.batch_size: {batch_size} does not split over {dp} data-parallel replicas "
                 f"({world_size} processes / parallel.sp {sp}); use a multiple of {dp}"
             )
+
+
+def _check_two_level(*, num_heads: int, sp: int, method: str, sp_inner: int) -> None:
+    inner = [i for i in range(2, sp) if sp % i == 0 and num_heads % i == 0]
+    fix = f"use parallel.sp_inner in {inner}" if inner else "no sp_inner fits: use parallel.sp_method=lss or ring"
+    if sp_inner == 1:
+        raise SeqvitError(
+            f"config key parallel.sp_inner: {method} needs the size of its inner Ulysses group (> 1, dividing "
+            f"parallel.sp {sp} and model.num_heads {num_heads}); {fix}"
+        )
+    if sp % sp_inner:
+        raise SeqvitError(
+            f"config keys parallel.sp_inner ({sp_inner}) and parallel.sp ({sp}): the inner groups tile each "
+            f"sequence-parallel group, so sp_inner must divide sp; {fix}"
+        )
+    if sp_inner == sp:
+        raise SeqvitError(
+            f"config key parallel.sp_inner: {sp_inner} = parallel.sp leaves no outer level; use "
+            f"parallel.sp_method=ulysses (the same exchange), or {fix}"
+        )
+    if num_heads % sp_inner:
+        raise SeqvitError(
+            f"config keys model.num_heads ({num_heads}) and parallel.sp_inner ({sp_inner}): the inner Ulysses "
+            f"exchange gives every rank num_heads / sp_inner heads, so sp_inner must divide the head count; {fix}"
+        )
 
 
 def segment_length(num_tokens: int, sp: int) -> int:

@@ -9,7 +9,9 @@ Uneven sequences (parallel.uneven=pad): segments are ceil(N / P) long and only t
 are short (groups.segment_bounds). A short segment is padded with zeros to the common length
 before the exchange, so the padding lands at the end of the gathered sequence, positions N and
 beyond; the local kernel sees only the first N keys (and, in Ulysses, queries), so padding never
-enters attention, and the padded rows of the output are dropped again. Nothing else in the model
+enters attention, and the padded rows of the output are dropped again (ring attention leaves
+the padded keys of the last segment out of its block; the two-level methods gather whole padded
+segments, so their padding too lies at positions N and beyond). Nothing else in the model
 mixes tokens, so nothing else needs a mask; the loss scales each rank by its real token count
 (train/engine.py).
 """
@@ -29,7 +31,9 @@ class SequenceParallelAttention:
 
     method = "none"
 
-    def __init__(self, group, num_tokens: int, num_heads: int, kernel: str = "sdpa", uneven: str = "error"):
+    def __init__(
+        self, group, num_tokens: int, num_heads: int, kernel: str = "sdpa", uneven: str = "error", sp_inner: int = 1
+    ):
         if callable(kernel):
             raise SeqvitError("the local kernel of a sequence-parallel attention is a name: auto, sdpa, flash or math")
         check_backend(kernel)
@@ -39,8 +43,15 @@ class SequenceParallelAttention:
         self.num_tokens = int(num_tokens)
         self.num_heads = int(num_heads)
         self.kernel = kernel
+        self.uneven = uneven
+        self.sp_inner = int(sp_inner)
         groups.check_layout(
-            num_tokens=self.num_tokens, num_heads=self.num_heads, sp=self.size, method=self.method, uneven=uneven
+            num_tokens=self.num_tokens,
+            num_heads=self.num_heads,
+            sp=self.size,
+            method=self.method,
+            uneven=uneven,
+            sp_inner=self.sp_inner,
         )
         self.length = groups.segment_length(self.num_tokens, self.size)
         start, stop = groups.segment_bounds(self.num_tokens, self.size, self.rank)
@@ -76,16 +87,39 @@ class SequenceParallelAttention:
 
 
 def sequence_parallel_attention(
-    method: str, group, num_tokens: int, num_heads: int, kernel: str = "sdpa", uneven: str = "error"
+    method: str,
+    group,
+    num_tokens: int,
+    num_heads: int,
+    kernel: str = "sdpa",
+    uneven: str = "error",
+    sp_inner: int = 1,
+    inner_group=None,
+    outer_group=None,
 ) -> SequenceParallelAttention:
-    """The attention backend for config key parallel.sp_method (ulysses, lss, deepspeed-ulysses)."""
+    """The attention backend for config key parallel.sp_method (groups.SP_METHODS).
+
+    The two-level methods (groups.TWO_LEVEL) take parallel.sp_inner and the layout's inner and
+    outer groups (groups.build_groups with sp_inner); without them they build those groups, a
+    collective call that every rank of the world must make.
+    """
     cls: type[SequenceParallelAttention]
+    if method in groups.TWO_LEVEL:
+        from seqvit.parallel.two_level import two_level_attention
+
+        return two_level_attention(
+            method, group, num_tokens, num_heads, kernel, uneven, sp_inner, inner_group, outer_group
+        )
+    if sp_inner != 1:  # the message names the fix
+        groups.check_layout(num_tokens=num_tokens, num_heads=num_heads, sp=2, method=method, sp_inner=sp_inner)
     if method == "ulysses":
         from seqvit.parallel.ulysses import UlyssesAttention as cls
     elif method == "lss":
         from seqvit.parallel.lss import LSSAttention as cls
     elif method == "deepspeed-ulysses":
         from seqvit.parallel.deepspeed_ulysses import DeepSpeedUlyssesAttention as cls
+    elif method == "ring":
+        from seqvit.parallel.ring import RingAttention as cls
     else:
         raise SeqvitError(f"config key parallel.sp_method: {method!r} is not one of {groups.SP_METHODS}")
     return cls(group, num_tokens, num_heads, kernel=kernel, uneven=uneven)

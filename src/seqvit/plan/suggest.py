@@ -120,12 +120,18 @@ def _accepted(shape: RunShape, cfg: dict) -> bool:
     return True
 
 
+# The sequence-parallel methods whose memory and traffic the estimate models; the others (ring and
+# the two-level methods) are left out of suggestions until it does.
+PRICED_METHODS = ("ulysses", "deepspeed-ulysses", "lss")
+
+
 def candidates(shape: RunShape, machine: Machine, cfg: dict):
     """Every layout of `shape` training accepts (any node count)."""
     from seqvit.parallel.groups import SP_METHODS
 
+    priced = [m for m in SP_METHODS if m in PRICED_METHODS]
     for sp in _sp_degrees(machine, shape.tokens):
-        for method in SP_METHODS if sp > 1 else (shape.sp_method,):
+        for method in priced if sp > 1 else (shape.sp_method,):
             for dp in _divisors(shape.batch_size):
                 for accumulation in _divisors(shape.batch_size // dp):
                     for zero in range(4):

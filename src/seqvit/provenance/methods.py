@@ -62,6 +62,12 @@ _SP_METHODS = {
     "keys and values over the heads)",
     "lss": "Long-Sequence-Segmentation (LSS) [tsaris2024]: each rank keeps its segment of queries and gathers the "
     "keys and values of the whole group",
+    "ring": "ring attention (Liu et al. 2023, arXiv:2310.01889): each rank keeps its segment of queries while the keys and values of the "
+    "other segments pass around the ring of the group, the partial results merged by log-sum-exp rescaling",
+    "ulysses-lss": "two-level sequence parallelism: a DeepSpeed-Ulysses all-to-all [jacobs2023] inside groups of "
+    "adjacent ranks, then Long-Sequence-Segmentation [tsaris2024] across those groups",
+    "ulysses-ring": "two-level sequence parallelism: a DeepSpeed-Ulysses all-to-all [jacobs2023] inside groups of "
+    "adjacent ranks, then ring attention (Liu et al. 2023, arXiv:2310.01889) across those groups",
 }
 _BASELINE_TEXT = {
     "climatology": "climatology",

@@ -249,6 +249,13 @@ def train(
     device_type = _device_type(tcfg)
     deepspeed = _import_deepspeed(device_type)
     sp, _ = run_parallelism(cfg, patch_size)
+    if sp > 1 and cfg["model"].get("attention_pattern") == "window":
+        # A rank's segment is a band of token rows, but shifted windows straddle the bands (and
+        # the sequence-parallel methods exchange whole sequences, not windows): not supported yet.
+        raise SeqvitError(
+            f"config key model.attention_pattern: window runs in one process per sample, but patch size {patch_size} "
+            f"has parallel.sp={sp}; set parallel.sp: 1 (also in parallel.runs) or model.attention_pattern: full"
+        )
     layout, owns_process_group, added_variables = _start_process_group(sp, device_type)
     try:
         with StopRequest() as stop:
@@ -277,231 +284,301 @@ def train(
 
 
 def _train(cfg, tokens_path, out_dir, patch_size, progress, stop_at_step, layout, deepspeed, stop, restart_if_changed):
-    tcfg = cfg["train"]
-    device = layout.device  # of the model, the batches and every tensor handed to a collective
-    main = layout.is_main
-    out_dir.mkdir(parents=True, exist_ok=True)
-    metrics_path, model_path, best_path = out_dir / "metrics.csv", out_dir / "model.pt", out_dir / "best.pt"
+    trainer = _Trainer(cfg, tokens_path, out_dir, patch_size, layout, deepspeed, restart_if_changed)
+    return trainer.run(progress, stop_at_step, stop)
 
-    torch.set_num_threads(int(tcfg.get("threads", 1)))
-    seed = int(tcfg.get("seed", 0))
-    torch.manual_seed(seed)  # the same stream on every rank until the model is built: the same initial weights
-    random.seed(seed)
-    np.random.seed(seed)
 
-    lead_hours = [int(h) for h in tcfg["lead_hours"]]
-    train_index = SplitIndex(tokens_path, cfg, "train", lead_hours)
-    val_index = SplitIndex(tokens_path, cfg, "val", lead_hours)
-    if train_index.patch_size != patch_size:
-        raise SeqvitError(
-            f"{tokens_path}: store has patch size {train_index.patch_size}, training asked for {patch_size}"
+def _new_window() -> dict:
+    """What the next metrics row averages: the steps since the last row."""
+    return {"loss": 0.0, "steps": 0, "samples": 0, "seconds": 0.0, "wait": 0.0}
+
+
+class _Trainer:
+    """One training run on this rank: setup (data, model, DeepSpeed engine, checkpoints), the step,
+    validation, the metrics rows and the checkpoints; run() is the loop."""
+
+    def __init__(self, cfg, tokens_path, out_dir, patch_size, layout, deepspeed, restart_if_changed):
+        self.cfg, self.tcfg, self.layout, self.patch_size = cfg, cfg["train"], layout, patch_size
+        self._deepspeed = deepspeed
+        tcfg = self.tcfg
+        self.device = layout.device  # of the model, the batches and every tensor handed to a collective
+        self.main = layout.is_main
+        out_dir.mkdir(parents=True, exist_ok=True)
+        self.out_dir = out_dir
+        self.metrics_path, self.model_path, self.best_path = (
+            out_dir / "metrics.csv",
+            out_dir / "model.pt",
+            out_dir / "best.pt",
         )
-    channels = list(train_index.channels)
-    batch_size = int(tcfg["batch_size"])
-    model = build_model(cfg["model"], len(channels), patch_size, train_index.grid_shape)
-    # From here each rank draws from its own stream (torch's CPU and GPU generators): the dropout
-    # masks of its samples and token segment, independent of the other ranks' (the data order has
-    # its own generator, data/loader.SampleOrder). Checkpoints keep every rank's state.
-    torch.manual_seed(groups.rank_seed(seed, layout))
-    check_backend(cfg["model"].get("attention", "sdpa"))
-    model.activation_checkpointing = bool(tcfg.get("activation_checkpointing", False))
-    weights = torch.from_numpy(token_weights(train_index.latitude, train_index.grid_shape, patch_size))
-    if layout.distributed:
-        _sequence_parallel(cfg, layout, model, patch_size)
-    shard = Shard.of(layout, model.num_tokens, batch_size, weights)
-    segment = (shard.start, shard.stop)
 
-    total_steps = int(tcfg["steps"])
-    warmup = int(tcfg.get("warmup_steps", 0))
-    optimizer = torch.optim.AdamW(
-        model.weight_decay_groups(float(tcfg["weight_decay"])), lr=float(tcfg["lr"]), betas=(0.9, 0.95)
-    )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, warmup, total_steps))
-    ds_config = deepspeed_config(tcfg, shard.local_batch)
-    # device_rank: the GPU this rank was given (groups.init_distributed), which is not LOCAL_RANK, the
-    # one DeepSpeed would pick, when the launcher shows each process only its own GPU (srun --gpus-per-task)
-    engine, _, _, _ = deepspeed.initialize(
-        args=types.SimpleNamespace(device_rank=device.index or 0),
-        model=model,
-        optimizer=optimizer,
-        lr_scheduler=scheduler,
-        config=ds_config,
-    )
-    if torch.device(engine.device) != device:  # its gradient all-reduce must run where ours do
-        raise SeqvitError(f"DeepSpeed placed the model on {engine.device}, not on this rank's device {device}")
-    zero_stage = ds_config["zero_optimization"]["stage"]
-    dtype = PRECISIONS[tcfg.get("precision", "fp32")]
-    accumulation = ds_config["gradient_accumulation_steps"]
-    shard_weights = shard.weights.to(device)
+        torch.set_num_threads(int(tcfg.get("threads", 1)))
+        seed = int(tcfg.get("seed", 0))
+        torch.manual_seed(seed)  # the same stream on every rank until the model is built: the same initial weights
+        random.seed(seed)
+        np.random.seed(seed)
 
-    def segment_loss(x, lead, y):
-        pred = engine(x.to(device, dtype), lead.to(device), token_offset=shard.start).float()
+        self._setup_data(tokens_path, seed)
+        self._setup_model(seed)
+        self._setup_engine()
+
+        self.settings = run_settings(cfg, tokens_path, patch_size, self.channels, layout)
+        self.checkpoints = Checkpoints(
+            out_dir, layout.rank, layout.distributed, keep=int(tcfg.get("keep_checkpoints", 2))
+        )
+        self.checkpoints.check_settings(self.settings, set_aside=restart_if_changed)
+        self.step, self.rows, self.elapsed_before, self.best = 0, [], 0.0, math.inf
+        self.window = _new_window()
+        state, rank_state = self.checkpoints.load(self.engine)
+        if state is not None:
+            self.step, self.rows = state["step"], state["metrics"]
+            self.elapsed_before, self.best = state["elapsed_s"], state["best_val_loss"]
+            self.window = rank_state["window"]  # steps since the last metrics row: the next row averages them too
+            if self.main:
+                _write_metrics(self.metrics_path, self.rows)  # drop rows logged after the checkpoint by a killed run
+                log.info(
+                    "resumed from step %d, checkpoint %s", self.step, self.checkpoints.dir / self.checkpoints.latest_tag
+                )
+
+        self.flops_per_sample = throughput.model_flops_per_sample(
+            cfg["model"], len(self.channels), patch_size, self.model.num_tokens, token_grid=self.model.token_grid
+        )
+        self.peak, self.peak_source = throughput.peak_tflops(tcfg, self.device, tcfg.get("precision", "fp32"))
+        self.total_steps = int(tcfg["steps"])
+        self.val_every = int(tcfg.get("val_every", 0)) or self.total_steps
+        self.checkpoint_every = int(tcfg.get("checkpoint_every", 0)) or self.total_steps
+        self.log_every = max(1, int(tcfg.get("log_every", 10)))
+
+    # ------------------------------------------------------------------ setup
+
+    def _setup_data(self, tokens_path, seed: int) -> None:
+        self.lead_hours = [int(h) for h in self.tcfg["lead_hours"]]
+        self.train_index = SplitIndex(tokens_path, self.cfg, "train", self.lead_hours)
+        self.val_index = SplitIndex(tokens_path, self.cfg, "val", self.lead_hours)
+        if self.train_index.patch_size != self.patch_size:
+            raise SeqvitError(
+                f"{tokens_path}: store has patch size {self.train_index.patch_size}, training asked for {self.patch_size}"
+            )
+        self.channels = list(self.train_index.channels)
+        self.batch_size = int(self.tcfg["batch_size"])
+        self.order = SampleOrder(len(self.train_index), len(self.lead_hours), self.batch_size, seed)
+        self.store = TokenStore(tokens_path)
+        n_val = len(self.val_index) * len(self.lead_hours)  # every (lead, init time) pair, leads outermost
+        val_items = np.unique(np.linspace(0, n_val - 1, min(VAL_SAMPLES, n_val)).round().astype(int))
+        self.val_items = np.array_split(val_items, self.layout.dp)[self.layout.dp_rank]  # disjoint per replica
+
+    def _setup_model(self, seed: int) -> None:
+        cfg, layout = self.cfg, self.layout
+        model = build_model(cfg["model"], len(self.channels), self.patch_size, self.train_index.grid_shape)
+        # From here each rank draws from its own stream (torch's CPU and GPU generators): the dropout
+        # masks of its samples and token segment, independent of the other ranks' (the data order has
+        # its own generator, data/loader.SampleOrder). Checkpoints keep every rank's state.
+        torch.manual_seed(groups.rank_seed(seed, layout))
+        check_backend(cfg["model"].get("attention", "sdpa"))
+        model.activation_checkpointing = bool(self.tcfg.get("activation_checkpointing", False))
+        weights = torch.from_numpy(
+            token_weights(self.train_index.latitude, self.train_index.grid_shape, self.patch_size)
+        )
+        if layout.distributed:
+            _sequence_parallel(cfg, layout, model, self.patch_size)
+        self.model = model
+        self.shard = Shard.of(layout, model.num_tokens, self.batch_size, weights)
+        self.segment = (self.shard.start, self.shard.stop)
+        self.batches = SegmentBatches(self.store, self.train_index, self.order, layout.dp, layout.dp_rank, self.segment)
+
+    def _setup_engine(self) -> None:
+        tcfg = self.tcfg
+        total_steps, warmup = int(tcfg["steps"]), int(tcfg.get("warmup_steps", 0))
+        optimizer = torch.optim.AdamW(
+            self.model.weight_decay_groups(float(tcfg["weight_decay"])), lr=float(tcfg["lr"]), betas=(0.9, 0.95)
+        )
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, warmup, total_steps))
+        ds_config = deepspeed_config(tcfg, self.shard.local_batch)
+        # device_rank: the GPU this rank was given (groups.init_distributed), which is not LOCAL_RANK, the
+        # one DeepSpeed would pick, when the launcher shows each process only its own GPU (srun --gpus-per-task)
+        self.engine, _, _, _ = self._deepspeed.initialize(
+            args=types.SimpleNamespace(device_rank=self.device.index or 0),
+            model=self.model,
+            optimizer=optimizer,
+            lr_scheduler=scheduler,
+            config=ds_config,
+        )
+        if torch.device(self.engine.device) != self.device:  # its gradient all-reduce must run where ours do
+            raise SeqvitError(
+                f"DeepSpeed placed the model on {self.engine.device}, not on this rank's device {self.device}"
+            )
+        self.zero_stage = ds_config["zero_optimization"]["stage"]
+        self.dtype = PRECISIONS[tcfg.get("precision", "fp32")]
+        self.accumulation = ds_config["gradient_accumulation_steps"]
+        self.shard_weights = self.shard.weights.to(self.device)
+
+    # ------------------------------------------------------------------ step and validation
+
+    def segment_loss(self, x, lead, y):
+        device = self.device
+        pred = self.engine(x.to(device, self.dtype), lead.to(device), token_offset=self.shard.start).float()
         x, y = x.to(device), y.to(device)
-        return shard.scaled(weighted_mse(pred, y - x, shard_weights))
+        return self.shard.scaled(weighted_mse(pred, y - x, self.shard_weights))
 
-    order = SampleOrder(len(train_index), len(lead_hours), batch_size, seed)
-    store = TokenStore(tokens_path)
-    batches = SegmentBatches(store, train_index, order, layout.dp, layout.dp_rank, segment)
-    n_val = len(val_index) * len(lead_hours)  # every (lead, init time) pair, leads outermost
-    val_items = np.unique(np.linspace(0, n_val - 1, min(VAL_SAMPLES, n_val)).round().astype(int))
-    val_items = np.array_split(val_items, layout.dp)[layout.dp_rank]  # replicas score disjoint samples
+    def train_step(self, x, lead, y) -> float:
+        """One optimizer step over the batch (in micro-batches); the mean of their losses."""
+        loss_sum = 0.0
+        for chunk in zip(*(t.chunk(self.accumulation) for t in (x, lead, y))):
+            loss = self.segment_loss(*chunk)
+            self.engine.backward(loss)
+            self.engine.step()
+            loss_sum += loss.item()
+        return loss_sum / self.accumulation
 
     @torch.no_grad()
-    def validation_loss() -> float:
-        engine.eval()
+    def validation_loss(self) -> float:
+        self.engine.eval()
         total, count = 0.0, 0
-        for start in range(0, len(val_items), VAL_BATCH):
-            items = val_items[start : start + VAL_BATCH]
-            x, lead, y = read_pairs(store, val_index, items % len(val_index), items // len(val_index), segment)
-            total += segment_loss(x, lead, y).item() * len(items)
+        items_all, index = self.val_items, self.val_index
+        for start in range(0, len(items_all), VAL_BATCH):
+            items = items_all[start : start + VAL_BATCH]
+            x, lead, y = read_pairs(self.store, index, items % len(index), items // len(index), self.segment)
+            total += self.segment_loss(x, lead, y).item() * len(items)
             count += len(items)
-        engine.train()
-        local = torch.tensor([total, count], dtype=torch.float64, device=device)
-        if layout.distributed:  # each sample's P segment losses average to its loss
+        self.engine.train()
+        local = torch.tensor([total, count], dtype=torch.float64, device=self.device)
+        if self.layout.distributed:  # each sample's P segment losses average to its loss
             dist.all_reduce(local)
         return float(local[0] / local[1])
 
-    settings = run_settings(cfg, tokens_path, patch_size, channels, layout)
-    checkpoints = Checkpoints(out_dir, layout.rank, layout.distributed, keep=int(tcfg.get("keep_checkpoints", 2)))
-    checkpoints.check_settings(settings, set_aside=restart_if_changed)
-    step, rows, elapsed_before, best = 0, [], 0.0, math.inf
-    window = {"loss": 0.0, "steps": 0, "samples": 0, "seconds": 0.0, "wait": 0.0}
-    state, rank_state = checkpoints.load(engine)
-    if state is not None:
-        step, rows, elapsed_before, best = state["step"], state["metrics"], state["elapsed_s"], state["best_val_loss"]
-        window = rank_state["window"]  # steps since the last metrics row: the next row averages them too
-        if main:
-            _write_metrics(metrics_path, rows)  # drop rows logged after the checkpoint by a killed run
-            log.info("resumed from step %d, checkpoint %s", step, checkpoints.dir / checkpoints.latest_tag)
+    # ------------------------------------------------------------------ metrics and checkpoints
 
-    flops_per_sample = throughput.model_flops_per_sample(cfg["model"], len(channels), patch_size, model.num_tokens)
-    peak, peak_source = throughput.peak_tflops(tcfg, device, tcfg.get("precision", "fp32"))
-    val_every = int(tcfg.get("val_every", 0)) or total_steps
-    checkpoint_every = int(tcfg.get("checkpoint_every", 0)) or total_steps
-    log_every = max(1, int(tcfg.get("log_every", 10)))
-    last_step = total_steps if stop_at_step is None else min(total_steps, int(stop_at_step))
-    started = time.perf_counter()
-    tensorboard = _TensorBoard(out_dir, main)
+    def log_row(self, is_val: bool, bar, tensorboard) -> None:
+        """Average the window into a metrics row (the global batch's loss; validation when due)."""
+        window, layout = self.window, self.layout
+        mean_loss = window["loss"] / window["steps"]
+        if layout.distributed:  # per-rank losses average to the loss of the global batch
+            buf = torch.tensor([mean_loss], dtype=torch.float64, device=self.device)
+            dist.all_reduce(buf)
+            mean_loss = float(buf) / layout.world_size
+        val_loss = self.validation_loss() if is_val else ""
+        seconds = window["seconds"] + window["wait"]
+        rate = throughput.Throughput.of(
+            window["samples"], seconds, layout.world_size, self.model.num_tokens, self.flops_per_sample, self.peak
+        )
+        self.rows.append(
+            {
+                "step": self.step,
+                "loss": mean_loss,
+                "val_loss": val_loss,
+                "lr": self.engine.get_lr()[0],
+                "samples_per_s": rate.samples_per_s,
+                "tokens_per_s": rate.tokens_per_s,
+                "tflops": rate.tflops_per_device,
+                "mfu": rate.mfu,
+                "data_wait": window["wait"] / max(seconds, 1e-9),
+                "elapsed_s": self.elapsed_before + (time.perf_counter() - self.started),
+            }
+        )
+        if self.main:
+            _write_metrics(self.metrics_path, self.rows)
+            tensorboard.log(self.rows[-1])
+        bar.set_postfix(loss=f"{mean_loss:.4f}", tok_s=f"{rate.tokens_per_s:,.0f}", mfu=f"{rate.mfu:.0%}")
+        if val_loss != "" and val_loss < self.best:
+            self.best = val_loss
+            self.save_weights(self.best_path)
+        self.window = _new_window()
 
-    def save_checkpoint():
+    def save_checkpoint(self) -> None:
         client = {
-            "step": step,
-            "metrics": rows,
-            "elapsed_s": elapsed_before + time.perf_counter() - started,
-            "best_val_loss": best,
+            "step": self.step,
+            "metrics": self.rows,
+            "elapsed_s": self.elapsed_before + time.perf_counter() - self.started,
+            "best_val_loss": self.best,
         }
-        checkpoints.save(engine, step, client, settings, rank_state={"window": dict(window)})
+        self.checkpoints.save(self.engine, self.step, client, self.settings, rank_state={"window": dict(self.window)})
 
-    def save_weights(path):
-        weights_now = _full_state_dict(engine, zero_stage)
-        if main:
+    def save_weights(self, path) -> None:
+        weights_now = _full_state_dict(self.engine, self.zero_stage)
+        if self.main:
             _save(
                 {
                     "state_dict": weights_now,
-                    "model_config": dict(cfg["model"]),
-                    "channels": channels,
-                    "patch_size": patch_size,
-                    "grid_shape": list(train_index.grid_shape),
-                    "latitude": train_index.latitude.tolist(),
-                    "longitude": train_index.longitude.tolist(),
-                    "lead_hours": lead_hours,
-                    "steps": step,
-                    "precision": tcfg.get("precision", "fp32"),
-                    "tokens": settings["tokens"],
+                    "model_config": dict(self.cfg["model"]),
+                    "channels": self.channels,
+                    "patch_size": self.patch_size,
+                    "grid_shape": list(self.train_index.grid_shape),
+                    "latitude": self.train_index.latitude.tolist(),
+                    "longitude": self.train_index.longitude.tolist(),
+                    "lead_hours": self.lead_hours,
+                    "steps": self.step,
+                    "precision": self.tcfg.get("precision", "fp32"),
+                    "tokens": self.settings["tokens"],
                 },
                 path,
             )
 
-    bar = tqdm(
-        total=total_steps, initial=step, disable=not (progress and main), desc=f"train p{patch_size}", unit="step"
-    )
-    engine.train()
-    workers = int(tcfg.get("loader_workers", 1))
-    loader = step_loader(batches, step, last_step, workers=workers) if step < last_step else ()
-    batches_iter = iter(loader)
-    try:
-        tick = time.perf_counter()
-        while step < last_step:
-            x, lead, y = next(batches_iter)
-            fetched = time.perf_counter()
-            window["wait"] += fetched - tick
-            loss_sum = 0.0
-            for chunk in zip(*(t.chunk(accumulation) for t in (x, lead, y))):
-                loss = segment_loss(*chunk)
-                engine.backward(loss)
-                engine.step()
-                loss_sum += loss.item()
-            step += 1
-            window["loss"] += loss_sum / accumulation
-            window["steps"] += 1
-            window["samples"] += batch_size
-            window["seconds"] += time.perf_counter() - fetched
-            interrupted = stop.pending(layout.distributed, device)
+    # ------------------------------------------------------------------ the loop
 
-            is_val = step % val_every == 0 or step == total_steps
-            if step % log_every == 0 or is_val:
-                mean_loss = window["loss"] / window["steps"]
-                if layout.distributed:  # per-rank losses average to the loss of the global batch
-                    buf = torch.tensor([mean_loss], dtype=torch.float64, device=device)
-                    dist.all_reduce(buf)
-                    mean_loss = float(buf) / layout.world_size
-                val_loss = validation_loss() if is_val else ""
-                seconds = window["seconds"] + window["wait"]
-                rate = throughput.Throughput.of(
-                    window["samples"], seconds, layout.world_size, model.num_tokens, flops_per_sample, peak
-                )
-                rows.append(
-                    {
-                        "step": step,
-                        "loss": mean_loss,
-                        "val_loss": val_loss,
-                        "lr": engine.get_lr()[0],
-                        "samples_per_s": rate.samples_per_s,
-                        "tokens_per_s": rate.tokens_per_s,
-                        "tflops": rate.tflops_per_device,
-                        "mfu": rate.mfu,
-                        "data_wait": window["wait"] / max(seconds, 1e-9),
-                        "elapsed_s": elapsed_before + (time.perf_counter() - started),
-                    }
-                )
-                if main:
-                    _write_metrics(metrics_path, rows)
-                    tensorboard.log(rows[-1])
-                bar.set_postfix(loss=f"{mean_loss:.4f}", tok_s=f"{rate.tokens_per_s:,.0f}", mfu=f"{rate.mfu:.0%}")
-                if val_loss != "" and val_loss < best:
-                    best = val_loss
-                    save_weights(best_path)
-                window = {"loss": 0.0, "steps": 0, "samples": 0, "seconds": 0.0, "wait": 0.0}
-            if interrupted or step % checkpoint_every == 0 or step == last_step:
-                save_checkpoint()
-            bar.update(1)
-            tick = time.perf_counter()
-            if interrupted:
-                raise TrainingInterrupted(
-                    f"stopped by {stop.name} after step {step} of {total_steps}; checkpoint "
-                    f"{checkpoints.dir / checkpoints.latest_tag} written; run the same command again to resume"
-                )
-    finally:  # also on an error: the loader's workers ignore SIGTERM and would keep the process from exiting
-        if hasattr(loader, "close"):
-            loader.close()
-        bar.close()
-        tensorboard.close()
-    if main and rows:
-        last = rows[-1]
-        log.info(
-            "step %d: %.0f samples/s, %.0f tokens/s, %.3g TFLOP/s per device, MFU %.1f%% of %.3g TFLOP/s (%s)",
-            last["step"],
-            last["samples_per_s"],
-            last["tokens_per_s"],
-            last["tflops"],
-            100 * last["mfu"],
-            peak,
-            peak_source,
+    def run(self, progress: bool, stop_at_step, stop) -> Path | None:
+        total_steps = self.total_steps
+        last_step = total_steps if stop_at_step is None else min(total_steps, int(stop_at_step))
+        self.started = time.perf_counter()
+        tensorboard = _TensorBoard(self.out_dir, self.main)
+        bar = tqdm(
+            total=total_steps,
+            initial=self.step,
+            disable=not (progress and self.main),
+            desc=f"train p{self.patch_size}",
+            unit="step",
         )
-    if step < total_steps:
-        return None
-    save_weights(model_path)
-    return model_path
+        self.engine.train()
+        workers = int(self.tcfg.get("loader_workers", 1))
+        loader = step_loader(self.batches, self.step, last_step, workers=workers) if self.step < last_step else ()
+        batches_iter = iter(loader)
+        try:
+            tick = time.perf_counter()
+            while self.step < last_step:
+                x, lead, y = next(batches_iter)
+                fetched = time.perf_counter()
+                self.window["wait"] += fetched - tick
+                loss = self.train_step(x, lead, y)
+                self.step += 1
+                self.window["loss"] += loss
+                self.window["steps"] += 1
+                self.window["samples"] += self.batch_size
+                self.window["seconds"] += time.perf_counter() - fetched
+                interrupted = stop.pending(self.layout.distributed, self.device)
+                is_val = self.step % self.val_every == 0 or self.step == total_steps
+                if self.step % self.log_every == 0 or is_val:
+                    self.log_row(is_val, bar, tensorboard)
+                if interrupted or self.step % self.checkpoint_every == 0 or self.step == last_step:
+                    self.save_checkpoint()
+                bar.update(1)
+                tick = time.perf_counter()
+                if interrupted:
+                    raise TrainingInterrupted(
+                        f"stopped by {stop.name} after step {self.step} of {total_steps}; checkpoint "
+                        f"{self.checkpoints.dir / self.checkpoints.latest_tag} written; run the same command again to resume"
+                    )
+        finally:  # also on an error: the loader's workers ignore SIGTERM and would keep the process from exiting
+            if hasattr(loader, "close"):
+                loader.close()
+            bar.close()
+            tensorboard.close()
+        self._log_throughput()
+        if self.step < total_steps:
+            return None
+        self.save_weights(self.model_path)
+        return self.model_path
+
+    def _log_throughput(self) -> None:
+        if self.main and self.rows:
+            last = self.rows[-1]
+            log.info(
+                "step %d: %.0f samples/s, %.0f tokens/s, %.3g TFLOP/s per device, MFU %.1f%% of %.3g TFLOP/s (%s)",
+                last["step"],
+                last["samples_per_s"],
+                last["tokens_per_s"],
+                last["tflops"],
+                100 * last["mfu"],
+                self.peak,
+                self.peak_source,
+            )
 
 
 def _sequence_parallel(cfg: dict, layout, model, patch_size: int) -> None:
@@ -524,10 +601,17 @@ def _sequence_parallel(cfg: dict, layout, model, patch_size: int) -> None:
         world_size=layout.world_size,
         batch_size=int(cfg["train"]["batch_size"]),
         uneven=uneven,
+        sp_inner=int(pcfg.get("sp_inner", 1)),
     )
     if layout.sp > 1:
         kernel = cfg["model"].get("attention", "sdpa")
         backend = sequence_parallel_attention(
-            method, layout.sp_group, model.num_tokens, int(cfg["model"]["num_heads"]), kernel, uneven
+            method,
+            layout.sp_group,
+            model.num_tokens,
+            int(cfg["model"]["num_heads"]),
+            kernel,
+            uneven,
+            int(pcfg.get("sp_inner", 1)),  # two-level: the factory builds the inner/outer groups (every rank)
         )
         model.set_attention_backend(backend)

@@ -27,11 +27,12 @@ import torch
 
 from seqvit.errors import SeqvitError
 
-_MODEL_KEYS = ("embed_dim", "depth", "num_heads", "mlp_ratio")
+_MODEL_KEYS = ("embed_dim", "depth", "num_heads", "mlp_ratio", "attention_pattern", "window_size")
 
 
 def _model_shape(model_cfg: dict) -> dict:
-    """embed_dim, depth, num_heads, mlp_ratio of the config, with ForecastViT's own defaults."""
+    """embed_dim, depth, num_heads, mlp_ratio, attention_pattern, window_size of the config, with
+    ForecastViT's own defaults."""
     from seqvit.model.vit import ForecastViT  # lazy: the data stack it imports is not needed here
 
     defaults = inspect.signature(ForecastViT.__init__).parameters
@@ -47,7 +48,9 @@ def _model_shape(model_cfg: dict) -> dict:
     return shape
 
 
-def forward_flops_by_part(model_cfg: dict, num_channels: int, patch_size: int, num_tokens: int) -> dict[str, float]:
+def forward_flops_by_part(
+    model_cfg: dict, num_channels: int, patch_size: int, num_tokens: int, token_grid=None
+) -> dict[str, float]:
     """Forward matmul FLOPs of one sample through ForecastViT (model/vit.py), part by part.
 
     C channels, L tokens, p*p pixels per patch, D embed_dim, H heads, F = int(D * mlp_ratio):
@@ -57,7 +60,11 @@ def forward_flops_by_part(model_cfg: dict, num_channels: int, patch_size: int, n
       lead_embedding   Linear(1, D) of the lead time                 2 D
       blocks (x depth) qkv 6 L D^2, proj 2 L D^2, MLP 4 L D F;
                        attention Q K^T and A V                       4 L^2 D
+                       (model.attention_pattern window: 4 D times the query-key pairs
+                       of the block's windows, L w^2 unshifted, less in a shifted block
+                       whose pole windows are smaller: model/window.py)
       head             [D -> C p^2]                                  2 L D C p^2
+    token_grid: (rows, cols) of the tokens; needed by window attention only.
     Left out: the aggregation's query-key product (2 D^2 per call, on weights only, whatever the
     batch size), and elementwise ops.
     """
@@ -70,18 +77,39 @@ def forward_flops_by_part(model_cfg: dict, num_channels: int, patch_size: int, n
             f"model FLOPs need at least one channel, token and pixel (got {channels} channels, {tokens} tokens, "
             f"patch size {patch_size})"
         )
+    if shape["attention_pattern"] == "window":
+        pairs = sum(layout.attention_pairs() for layout in _window_layouts(shape, tokens, token_grid))
+    elif shape["attention_pattern"] == "full":
+        pairs = depth * tokens * tokens
+    else:
+        raise SeqvitError(
+            f"config key model.attention_pattern: unknown pattern {shape['attention_pattern']!r}; use full or window"
+        )
     return {
         "patch_embedding": 2.0 * channels * tokens * pixels * dim,
         "aggregation": 4.0 * tokens * heads * channels * dim + 4.0 * tokens * dim * dim,
         "lead_embedding": 2.0 * dim,
         "block_linear": depth * 2.0 * tokens * dim * (4 * dim + 2 * hidden),
-        "attention": depth * 4.0 * tokens * tokens * dim,
+        "attention": 4.0 * pairs * dim,
         "head": 2.0 * tokens * dim * channels * pixels,
     }
 
 
+def _window_layouts(shape: dict, tokens: int, token_grid):
+    from seqvit.model.window import layouts  # lazy, as _model_shape
+
+    if token_grid is None:
+        raise SeqvitError(
+            "model FLOPs of model.attention_pattern: window need the token grid (rows, cols), not only the token count"
+        )
+    rows, cols = (int(n) for n in token_grid)
+    if rows * cols != tokens:
+        raise SeqvitError(f"token grid {rows} x {cols} does not hold {tokens} tokens")
+    return layouts(rows, cols, shape["window_size"], shape["depth"])
+
+
 def model_flops_per_sample(
-    model_cfg: dict, num_channels: int, patch_size: int, num_tokens: int, training: bool = True
+    model_cfg: dict, num_channels: int, patch_size: int, num_tokens: int, training: bool = True, token_grid=None
 ) -> float:
     """Model FLOPs of one sample (forward, or forward + backward when training).
 
@@ -91,7 +119,7 @@ def model_flops_per_sample(
     forward less those two terms' forward; the plain 3x rule would count 2.5% more at the
     demo's p = 8 (32 tokens), 0.1% more at p = 2 (512 tokens).
     """
-    parts = forward_flops_by_part(model_cfg, num_channels, patch_size, num_tokens)
+    parts = forward_flops_by_part(model_cfg, num_channels, patch_size, num_tokens, token_grid)
     forward = sum(parts.values())
     if not training:
         return forward
