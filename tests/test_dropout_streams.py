@@ -38,6 +38,7 @@ from seqvit.parallel.sequence import sequence_parallel_attention
 from seqvit.parallel.shard import Shard
 from seqvit.parallel.spawn import spawn
 from seqvit.train.engine import train, weighted_mse
+from shard_steps import average_gradients, replica_rows, segment_loss
 
 # ring refuses dropout (a blockwise softmax cannot draw one mask per row; parallel/ring.py), and the
 # two-level methods are the one-level exchanges composed, at sp >= 4: the one-level methods at P = 2 here.
@@ -73,9 +74,9 @@ def _parallel_step(layout, method):
     x, lead, y, weights = _data()
     shard = Shard.of(layout, n, BATCH, weights)
     with DropoutTape() as tape:
-        loss = shard.loss(model, *shard.samples(x, lead, y), weighted_mse)
+        loss = segment_loss(shard, model, *replica_rows(shard, x, lead, y), weighted_mse)
         loss.backward()
-    global_loss = shard.average_gradients(model.parameters(), loss)
+    global_loss = average_gradients(shard, model.parameters(), loss)
     return {
         "loss": global_loss,
         "grads": {name: p.grad.numpy().copy() for name, p in model.named_parameters()},

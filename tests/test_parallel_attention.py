@@ -7,7 +7,7 @@ P = 2 x D = 2 (data parallel). (P = 1 would compare the model with itself.)
 Per case, every rank builds the same tiny ForecastViT, computes the single-process output,
 loss and parameter gradients on the whole batch, then the same with its token segment (and
 batch share) through the sequence-parallel attention, averaging gradients as training does
-(parallel/shard.py). Tolerance: 1e-5 relative to each tensor's largest magnitude.
+(tests/shard_steps.py). Tolerance: 1e-5 relative to each tensor's largest magnitude.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from seqvit.parallel.sequence import sequence_parallel_attention
 from seqvit.parallel.shard import Shard
 from seqvit.parallel.spawn import spawn
 from seqvit.train.engine import weighted_mse
+from shard_steps import average_gradients, replica_rows, segment, segment_loss
 
 METHODS = ["ulysses", "lss", "deepspeed-ulysses"]
 TOL = 1e-5
@@ -96,17 +97,17 @@ def _run_case(case, layouts):
         return {"error": str(exc)}
     model.set_attention_backend(backend)
     shard = Shard.of(layout, n, batch, weights)
-    xs, leads, ys = shard.samples(x, lead, y)
+    xs, leads, ys = replica_rows(shard, x, lead, y)
     trace = CommStats()
     with trace_collectives(trace):
-        out = model(*shard.tokens(xs), leads, token_offset=shard.start)
-        loss = shard.loss(
-            model, xs, leads, ys, weighted_mse
+        out = model(*segment(shard, xs), leads, token_offset=shard.start)
+        loss = segment_loss(
+            shard, model, xs, leads, ys, weighted_mse
         )  # (a second forward: the segment loss training scales the same way)
         loss.backward()
-    global_loss = shard.average_gradients(model.parameters(), loss)
+    global_loss = average_gradients(shard, model.parameters(), loss)
 
-    ref_rows = shard.samples(reference)[0][:, :, shard.start : shard.stop]
+    ref_rows = replica_rows(shard, reference)[0][:, :, shard.start : shard.stop]
     grad_errors = {k: _relative(v.grad, ref_grads[k]) for k, v in model.named_parameters()}
     worst = max(grad_errors, key=grad_errors.get)
     return {

@@ -8,7 +8,7 @@ does not divide) and at (4, 2), and ulysses-ring (2, 2) x D = 2.
 
 Per case every rank computes the one-process output, loss and parameter gradients of a tiny
 ForecastViT on the whole batch, then the same on its token segment (and batch share) through the
-method, averaging gradients as training does (parallel/shard.py). Tolerance: 1e-5 relative to
+method, averaging gradients as training does (tests/shard_steps.py). Tolerance: 1e-5 relative to
 each tensor's largest magnitude.
 """
 
@@ -27,6 +27,7 @@ from seqvit.parallel.sequence import sequence_parallel_attention
 from seqvit.parallel.shard import Shard
 from seqvit.parallel.spawn import spawn
 from seqvit.train.engine import weighted_mse
+from shard_steps import average_gradients, replica_rows, segment, segment_loss
 
 TOL = 1e-5
 C, PATCH, DIM, DEPTH = 2, 2, 24, 2
@@ -87,13 +88,13 @@ def _run_case(case, layouts):
     )
     model.set_attention_backend(backend)
     shard = Shard.of(layout, n, batch, weights)
-    xs, leads, ys = shard.samples(x, lead, y)
-    out = model(*shard.tokens(xs), leads, token_offset=shard.start)
-    loss = shard.loss(model, xs, leads, ys, weighted_mse)
+    xs, leads, ys = replica_rows(shard, x, lead, y)
+    out = model(*segment(shard, xs), leads, token_offset=shard.start)
+    loss = segment_loss(shard, model, xs, leads, ys, weighted_mse)
     loss.backward()
-    global_loss = shard.average_gradients(model.parameters(), loss)
+    global_loss = average_gradients(shard, model.parameters(), loss)
 
-    ref_rows = shard.samples(reference)[0][:, :, shard.start : shard.stop]
+    ref_rows = replica_rows(shard, reference)[0][:, :, shard.start : shard.stop]
     grad_errors = {k: _relative(v.grad, ref_grads[k]) for k, v in model.named_parameters()}
     worst = max(grad_errors, key=grad_errors.get)
     return {

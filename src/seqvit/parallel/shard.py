@@ -13,7 +13,7 @@ over all ranks is then the gradient of the sum, and dividing by the world size P
 gradient of the global loss. So one all-reduce over the world (sequence and data ranks
 together, LSS's "double gradient averaging", which Ulysses needs just the same) averages the
 gradients. Training leaves that all-reduce to DeepSpeed, which averages over the whole world
-(train/engine.py); average_gradients below is the same arithmetic in plain torch.distributed.
+(train/engine.py); tests/shard_steps.py writes the same arithmetic out in plain torch.distributed.
 """
 
 from __future__ import annotations
@@ -21,10 +21,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.distributed as dist
 
 from seqvit.parallel import groups
-from seqvit.parallel.comm_stats import STATS
 
 
 @dataclass
@@ -46,39 +44,6 @@ class Shard:
         start, stop = groups.segment_bounds(num_tokens, layout.sp, layout.sp_rank)
         return cls(layout, num_tokens, batch_size, global_weights[start:stop])
 
-    def samples(self, *tensors):
-        """This replica's rows of global-batch tensors."""
-        lo = self.layout.dp_rank * self.local_batch
-        return tuple(t[lo : lo + self.local_batch] for t in tensors)
-
-    def tokens(self, *tensors):
-        """This rank's token segment of [B, C, L, P*P] tensors."""
-        return tuple(t[:, :, self.start : self.stop] for t in tensors)
-
-    def loss(self, model, x, lead, y, loss_fn):
-        """Scaled loss of this rank's segment for (already this replica's) samples x, lead, y."""
-        x, y = self.tokens(x, y)
-        return self.scaled(loss_fn(model(x, lead, token_offset=self.start), y - x, self.weights))
-
     def scaled(self, segment_loss):
         """A loss over this segment alone, scaled so that the world's mean is the global loss."""
         return segment_loss if self.loss_scale is None else segment_loss * self.loss_scale
-
-    def average_gradients(self, parameters, loss: torch.Tensor) -> float:
-        """Average gradients over the world (one all-reduce); returns the global loss."""
-        parameters = [p for p in parameters if p.requires_grad]
-        flat = torch.cat(
-            [(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in parameters]
-            + [loss.detach().reshape(1).to(parameters[0].dtype)]
-        )
-        dist.all_reduce(flat)
-        STATS.add("gradients", "all_reduce", flat.numel() * flat.element_size(), self.layout.world_size, "backward")
-        flat /= self.layout.world_size
-        offset = 0
-        for p in parameters:
-            n = p.numel()
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
-            p.grad.copy_(flat[offset : offset + n].view_as(p))
-            offset += n
-        return float(flat[-1])
