@@ -47,7 +47,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from seqvit.model.vit import Block, ForecastViT  # noqa: E402
-from seqvit.parallel.sequence import sequence_parallel_attention  # noqa: E402
+from seqvit.parallel.methods import sequence_parallel_attention  # noqa: E402
 from seqvit.parallel.spawn import spawn  # noqa: E402
 
 METHODS = ("ulysses", "deepspeed-ulysses", "lss", "ring", "ulysses-lss", "ulysses-ring")

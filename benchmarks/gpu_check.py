@@ -679,7 +679,7 @@ def _sp_training(rank: int, world: int, device, method: str, cfg: dict) -> dict:
     """sp = world training steps of a small ForecastViT through seqvit.parallel, against one process."""
     from seqvit.model.vit import ForecastViT
     from seqvit.parallel import groups
-    from seqvit.parallel.sequence import sequence_parallel_attention
+    from seqvit.parallel.methods import sequence_parallel_attention
     from seqvit.parallel.shard import Shard
 
     def loss_fn(pred, target, weights):

@@ -34,7 +34,7 @@ from recorders import DropoutTape
 from seqvit.data.tokenize import token_weights
 from seqvit.model.vit import ForecastViT
 from seqvit.parallel import groups
-from seqvit.parallel.sequence import sequence_parallel_attention
+from seqvit.parallel.methods import sequence_parallel_attention
 from seqvit.parallel.shard import Shard
 from seqvit.parallel.spawn import spawn
 from seqvit.train.engine import train, weighted_mse

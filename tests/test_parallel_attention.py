@@ -22,7 +22,7 @@ from seqvit.errors import SeqvitError
 from seqvit.model.vit import ForecastViT
 from seqvit.parallel import groups
 from seqvit.parallel.comm_stats import STATS, CommStats, expected, trace_collectives
-from seqvit.parallel.sequence import sequence_parallel_attention
+from seqvit.parallel.methods import sequence_parallel_attention
 from seqvit.parallel.shard import Shard
 from seqvit.parallel.spawn import spawn
 from seqvit.train.engine import weighted_mse

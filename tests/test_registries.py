@@ -16,6 +16,7 @@ from seqvit.evaluate.baselines import BASELINES
 from seqvit.model.attention import BACKENDS
 from seqvit.model.window import PATTERNS
 from seqvit.parallel.groups import SP_METHODS
+from seqvit.parallel.methods import METHODS
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = load_schema()["properties"]
@@ -51,6 +52,7 @@ def test_sources():
 
 def test_sequence_parallel_methods_and_kernels():
     assert list(SP_METHODS) == SCHEMA["parallel"]["properties"]["sp_method"]["enum"]
+    assert list(SP_METHODS) == list(METHODS)  # every method has its class in parallel/methods.py
     assert list(BACKENDS) == SCHEMA["model"]["properties"]["attention"]["enum"]
     assert list(PATTERNS) == SCHEMA["model"]["properties"]["attention_pattern"]["enum"]
 

@@ -85,10 +85,3 @@ class UlyssesRingAttention(TwoLevelAttention):
     def outer_attend(self, q, k, v, dropout_p: float):
         check_no_dropout(self.method, dropout_p)
         return ring_attention(q, k, v, self.outer_group, self.outer_valid, self.method)
-
-
-def two_level_attention(
-    method, group, num_tokens, num_heads, kernel="sdpa", uneven="error", sp_inner=1, inner_group=None, outer_group=None
-) -> SequenceParallelAttention:
-    cls = {"ulysses-lss": UlyssesLSSAttention, "ulysses-ring": UlyssesRingAttention}[method]
-    return cls(group, num_tokens, num_heads, kernel, uneven, sp_inner, inner_group, outer_group)

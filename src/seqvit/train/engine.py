@@ -583,7 +583,7 @@ class _Trainer:
 
 def _sequence_parallel(cfg: dict, layout, model, patch_size: int) -> None:
     """Check the parallel layout and put the sequence-parallel attention in the model."""
-    from seqvit.parallel.sequence import sequence_parallel_attention
+    from seqvit.parallel.methods import sequence_parallel_attention
 
     pcfg = cfg.get("parallel") or {}
     method, uneven = pcfg.get("sp_method", "ulysses"), pcfg.get("uneven", "error")
