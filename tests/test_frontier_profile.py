@@ -145,9 +145,10 @@ def test_impossible_layouts_are_refused(frontier):
 
 
 def test_launch_commands(demo_cfg):
-    assert seqvit_command(demo_cfg, 4) == "seqvit"
-    demo_cfg["parallel"] = {"sp": 2}
+    assert seqvit_command(demo_cfg, 8) == "seqvit"  # the demo's p=8 run: one process
+    # its p=4 run: sequence parallelism over two ranks, started by torchrun on this machine
     assert seqvit_command(demo_cfg, 4).startswith("torchrun --standalone --nproc-per-node 2 -m seqvit.cli")
+    demo_cfg["parallel"] = {"sp": 2}
     demo_cfg["cluster"] = {"launcher": "srun"}
     assert seqvit_command(demo_cfg, 4) == "srun --nodes 1 --ntasks 2 seqvit"
     # no walltime pinned and no partition: the runtime is the prediction's (train_job_resources)

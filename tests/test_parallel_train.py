@@ -42,6 +42,7 @@ def _config(results: Path) -> dict:
     cfg["data"].update(years=[2015, 2016, 2017], single_level=["t2m"], pressure_level=["t"], levels=[850])
     cfg["splits"] = {"train": [2015], "val": [2016], "test": [2017]}
     cfg["tokenize"]["patch_sizes"] = [P]
+    cfg["parallel"] = {}  # one process unless a test asks for more (not the demo's per-run layout)
     cfg["model"] = {"embed_dim": 16, "depth": 2, "num_heads": 2, "mlp_ratio": 2, "dropout": 0.0}
     cfg["train"].update(
         lead_hours=[6, 24],

@@ -311,7 +311,9 @@ class _Trainer:
             out_dir / "best.pt",
         )
 
-        torch.set_num_threads(int(tcfg.get("threads", 1)))
+        # the machine's threads are shared by the ranks on it (torchrun on one machine, srun on a node)
+        local_ranks = int(groups.launcher_env()["local_world_size"])
+        torch.set_num_threads(max(1, int(tcfg["threads"]) // local_ranks))
         seed = int(tcfg.get("seed", 0))
         torch.manual_seed(seed)  # the same stream on every rank until the model is built: the same initial weights
         random.seed(seed)
