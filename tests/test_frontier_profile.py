@@ -15,7 +15,13 @@ from seqvit.config import load_config
 from seqvit.errors import SeqvitError
 from seqvit.plan import load_machine, plan_run, run_shape
 from seqvit.plan.walltime import train_job_resources, walltime
-from seqvit.train.slurm import check_slurm_account, job_layout, seqvit_command, train_resources
+from seqvit.train.slurm import (
+    check_slurm_account,
+    job_layout,
+    predict_resources,
+    seqvit_command,
+    train_resources,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 SEQSCALE = ROOT / "config" / "frontier-seqscale.yaml"
@@ -80,7 +86,9 @@ def test_dry_run_without_slurm_shows_each_training_job(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     jobs = {
         int(m.group(1)): m.group(2)
-        for m in re.finditer(r"Training the ViT on (\d+) x \d+ patches \(on Slurm: ([^)]*)\)", proc.stdout)
+        for m in re.finditer(
+            r"Training the ViT (?:vit-p\d+ )?on (\d+) x \d+ patches \(on Slurm: ([^)]*)\)", proc.stdout
+        )
     }
     cfg = load_config(SEQSCALE)
     assert sorted(jobs) == sorted(cfg["tokenize"]["patch_sizes"])
@@ -110,6 +118,25 @@ def test_dry_run_without_slurm_shows_each_training_job(tmp_path):
     assert (
         "srun --nodes 8 --ntasks 64 --cpus-per-task 7 --gpus-per-task=1 --gpu-bind=closest seqvit train" in proc.stdout
     )
+    # each run's forecast runs on its training job's nodes and tasks, for cluster.predict_minutes, through srun
+    predictions = {
+        int(m.group(1)): m.group(2)
+        for m in re.finditer(r"Forecasting the test years with the ViT vit-p(\d+) \(on Slurm: ([^)]*)\)", proc.stdout)
+    }
+    assert sorted(predictions) == sorted(cfg["tokenize"]["patch_sizes"])
+    assert cfg["cluster"]["predict_minutes"] == 30  # the schema's default
+    for patch, sbatch in predictions.items():
+        options = dict(re.findall(r"--([a-z-]+)=([^\s;]+)", sbatch))
+        run = cfg["parallel"]["runs"][patch]
+        world = run["sp"] * run["dp"]
+        nodes = math.ceil(world / 8)
+        assert int(options["nodes"]) == nodes, (patch, sbatch)
+        tasks = int(options.get("ntasks", 0)) or nodes * int(options["ntasks-per-node"])
+        assert tasks == world, (patch, sbatch)
+        assert options["time"] == "30" and "signal" not in options, (patch, sbatch)
+        srun = f"srun --nodes {nodes} --ntasks {world} --cpus-per-task 7 --gpus-per-task=1 --gpu-bind=closest seqvit predict"
+        assert re.search(re.escape(srun) + rf" .*--patch-size {patch} ", proc.stdout), (patch, srun)
+    assert max(int(dict(re.findall(r"--([a-z-]+)=(\S+)", s))["nodes"]) for s in predictions.values()) == 8
 
 
 @pytest.fixture
@@ -142,6 +169,16 @@ def test_impossible_layouts_are_refused(frontier):
     frontier["parallel"]["runs"][1] = {"sp": 64, "dp": 2000}
     with pytest.raises(SeqvitError, match="16000 nodes"):
         job_layout(frontier, 1)
+
+
+def test_predict_job_has_the_training_shape_and_its_own_walltime(frontier):
+    frontier["cluster"]["predict_minutes"] = 45
+    predicting, training = predict_resources(frontier, 1), train_resources(frontier, 1)
+    assert predicting["runtime"] == 45 and "USR1" in training["slurm_extra"]
+    assert "slurm_extra" not in predicting  # no USR1: prediction has no checkpoint to write on it
+    for key in ("nodes", "tasks_per_node", "mpi", "cpus_per_task"):
+        assert predicting[key] == training[key], key
+    assert (predicting["nodes"], predicting["tasks_per_node"]) == (8, 8)  # 64 ranks of sp=64, 8 per node
 
 
 def test_launch_commands(demo_cfg):

@@ -181,3 +181,51 @@ def _interrupt_training_and_retry(workdir, base, results):
     resumed_at = int(log.split("resumed from step")[1].split()[0].rstrip(","))
     assert 0 < resumed_at < 300
     assert pd.read_csv(metrics)["step"].max() == 300 and model.exists()
+
+
+@pytest.mark.workflow
+def test_window_runs_and_seeds_are_trained_scored_and_compared(tmp_path, demo_cfg):
+    """sweep.window and train.seeds on the tiny config: every run trained, predicted, scored, mapped."""
+    cfg = tiny_config(demo_cfg, tmp_path / "results")
+    cfg["sweep"] = {"window": {"window_size": 2}}  # the 4 x 8 token grid of p = 8 in 2 x 2 windows
+    cfg["train"]["seeds"] = [1, 2]
+    cfg["evaluate"]["baselines"] = ["persistence"]
+    cfg_path = tmp_path / "tiny.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    results = tmp_path / "results"
+    base = [*SNAKEMAKE, "-s", str(ROOT / "Snakefile"), "--directory", str(tmp_path), "--configfile", str(cfg_path)]
+    run([*base, "--cores", "2", str(results / "eval" / "metrics.csv")], tmp_path)
+
+    runs = ["vit-p8-s1", "vit-p8-s2", "vit-win-p8-s1", "vit-win-p8-s2"]
+    metrics = pd.read_csv(results / "eval" / "metrics.csv")
+    assert list(dict.fromkeys(metrics["model"])) == [*runs, "persistence"]
+    for tag in ("p8-s1", "p8-s2", "win-p8-s1", "win-p8-s2"):
+        assert (results / "train" / tag / "model.pt").exists(), tag
+    # the window runs trained with window attention, the full ones without; each with its own seed
+    settings = {
+        t: json.loads((results / "train" / t / "checkpoints" / "run.json").read_text()) for t in ("p8-s1", "win-p8-s2")
+    }
+    assert "window" in json.dumps(settings["win-p8-s2"]) and "window" not in json.dumps(settings["p8-s1"])
+    assert not (results / "train" / "p8").exists()  # seeds given: no unseeded run
+
+    windows = pd.read_csv(results / "eval" / "windows_vs_full.csv")
+    assert len(windows) == 3 * 2 and set(windows["n_seeds"]) == {2} and set(windows["seq_len"]) == {32}
+    by_run = metrics.set_index(["model", "variable", "lead_hours"])["rmse"]
+    row = windows.iloc[0]
+    key = (row["variable"], row["lead_hours"])
+    full = (by_run[("vit-p8-s1", *key)] + by_run[("vit-p8-s2", *key)]) / 2
+    window = (by_run[("vit-win-p8-s1", *key)] + by_run[("vit-win-p8-s2", *key)]) / 2
+    assert row["rmse_full"] == pytest.approx(full) and row["rmse_window"] == pytest.approx(window)
+    assert row["change_low_pct"] <= row["change_pct"] <= row["change_high_pct"]
+
+    seeds = pd.read_csv(results / "eval" / "seeds_summary.csv").set_index(["family", "variable", "lead_hours"])
+    s1, s2 = by_run[("vit-p8-s1", *key)], by_run[("vit-p8-s2", *key)]
+    assert seeds.loc[("vit-p8", *key), "n"] == 2
+    assert seeds.loc[("vit-p8", *key), "rmse_std"] == pytest.approx(abs(s1 - s2) / 2**0.5)  # ddof 1 of two values
+    assert seeds.loc[("persistence", *key), "n"] == 1
+
+    # the sequence-length table keeps the full-attention runs only
+    assert set(pd.read_csv(results / "eval" / "rmse_vs_seqlen.csv")["model"]) == {"vit-p8-s1", "vit-p8-s2"}
+    maps = pd.read_csv(results / "eval" / "maps_case.csv")
+    assert list(maps["run"]) == runs and maps["init"].nunique() == 1 and "median" in maps["rule"].iloc[0]
+    assert (results / "eval" / "maps.png").stat().st_size > 0

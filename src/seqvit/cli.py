@@ -98,27 +98,42 @@ def cmd_train(args):
 
     cfg = _config(args)
     lay = Layout(cfg)
+    run_dir, cfg = _run(lay, cfg, args)
     train(
         cfg,
         lay.tokens(args.patch_size),
-        lay.run_dir(args.patch_size),
+        run_dir,
         args.patch_size,
         progress=not args.quiet,
         restart_if_changed=args.restart_if_changed,
     )
     if launcher_env()["rank"] == 0:  # under torchrun / srun only rank 0 writes and reports
-        print(f"wrote {lay.run_dir(args.patch_size)}")
+        print(f"wrote {run_dir}")
+
+
+def _run(lay, cfg: dict, args) -> tuple[Path, dict]:
+    """(run folder, config) of --run NAME (its window and seed applied), or of the patch size's full run."""
+    if not getattr(args, "run", None):
+        return lay.run_dir(args.patch_size), cfg
+    lay.check_sweep()
+    run = lay.run(args.run)
+    if run.patch_size != args.patch_size:
+        raise SeqvitError(f"--run {args.run} has patch size {run.patch_size}, not --patch-size {args.patch_size}")
+    return lay.run_dir(run), lay.run_config(args.run)
 
 
 def cmd_predict(args):
     from seqvit.layout import Layout
+    from seqvit.parallel.groups import launcher_env
     from seqvit.train.predict import predict
 
     cfg = _config(args)
     lay = Layout(cfg)
-    out = lay.prediction(f"vit-p{args.patch_size}")
-    predict(cfg, lay.run_dir(args.patch_size), lay.tokens(args.patch_size), lay.stats, out)
-    print(f"wrote {out}")
+    run_dir, cfg = _run(lay, cfg, args)
+    out = lay.prediction(args.run or f"vit-p{args.patch_size}")
+    predict(cfg, run_dir, lay.tokens(args.patch_size), lay.stats, out, sp=args.sp)
+    if launcher_env()["rank"] == 0:  # under torchrun / srun only rank 0 writes and reports
+        print(f"wrote {out}")
 
 
 def cmd_baseline(args):
@@ -139,7 +154,7 @@ def cmd_evaluate(args):
     cfg = _config(args)
     lay = Layout(cfg)
     names = lay.model_names() + lay.baseline_names()
-    train_logs = {f"p{p}": lay.run_dir(p) / "metrics.csv" for p in lay.patch_sizes()}
+    train_logs = lay.train_logs()
     evaluate(
         cfg,
         {n: lay.prediction(n) for n in names},
@@ -214,6 +229,12 @@ def cmd_plan(args):
         print(misfit_line(plan), file=sys.stderr)
     if misfits:
         raise SystemExit(1)
+
+
+_RUN_HELP = (
+    "the run of the sweep, e.g. vit-win-p8-s1: window attention for vit-win-* runs (sweep.window), its seed as "
+    "train.seed for -s<seed> runs (train.seeds), its own folder train/win-p8-s1 (default: vit-p<P>)"
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -293,6 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
         "of each sample is split over P processes",
     )
     p.add_argument("--patch-size", type=int, required=True, metavar="P")
+    p.add_argument("--run", metavar="NAME", help=_RUN_HELP)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument(
         "--restart-if-changed",
@@ -301,8 +323,18 @@ def build_parser() -> argparse.ArgumentParser:
         "afresh (without it they are refused)",
     )
 
-    p = stage("predict", cmd_predict, "forecast the test years with a trained ViT")
+    p = stage(
+        "predict",
+        cmd_predict,
+        "forecast the test years with a trained ViT, written in chunks of evaluate.predict_chunk init times; under "
+        "torchrun or srun each sample's token sequence is split over the training run's sp ranks (or --sp) and the "
+        "init times over the replicas",
+    )
     p.add_argument("--patch-size", type=int, required=True, metavar="P")
+    p.add_argument(
+        "--sp", type=int, default=None, metavar="P", help="sequence-parallel ranks per sample (default: the run's)"
+    )
+    p.add_argument("--run", metavar="NAME", help=_RUN_HELP)
 
     p = stage("baseline", cmd_baseline, "forecast the test years with a baseline")
     p.add_argument("--name", required=True, choices=["climatology", "persistence", "linear"])

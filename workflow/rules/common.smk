@@ -15,7 +15,7 @@ from seqvit.plan.walltime import (
 )
 from seqvit.provenance.code import stage_hash
 from seqvit.runs import run_parallelism
-from seqvit.train.slurm import seqvit_command
+from seqvit.train.slurm import describe_sbatch, predict_resources, seqvit_command
 
 LAYOUT = Layout(config)
 RESULTS = str(LAYOUT.root)
@@ -79,6 +79,42 @@ try:
     ):
         if any(_key in train_job_resources(config, p) for p in LAYOUT.patch_sizes()):
             TRAIN_RESOURCES[_key] = _train_resource(_key, "")
+except SeqvitError as _error:
+    raise SystemExit(f"Configuration error, nothing was submitted:\n{_error}")
+
+# cluster keys that only size Slurm jobs: changing them reruns nothing
+WALLTIME_KEYS = (
+    "train_minutes",
+    "predict_minutes",
+    "walltime_margin",
+    "startup_minutes",
+)
+
+
+def _predict_resource(name, default=None):
+    return lambda wc: predict_resources(config, int(wc.p)).get(name, default)
+
+
+# A predict job runs on its training run's nodes and tasks (each rank its token segment), briefly
+PREDICT_RESOURCES = {
+    "mem_mb": _predict_resource("mem_mb", 4000),
+    "runtime": _predict_resource("runtime", 30),
+    "nodes": _predict_resource("nodes", 1),
+    # text for the rule's message, as TRAIN_RESOURCES' sbatch
+    "sbatch": lambda wc: describe_sbatch(predict_resources(config, int(wc.p))),
+}
+try:
+    for _key in (
+        "cpus_per_task",
+        "slurm_partition",
+        "qos",
+        "mpi",
+        "tasks",
+        "tasks_per_node",
+        "slurm_extra",
+    ):
+        if any(_key in predict_resources(config, p) for p in LAYOUT.patch_sizes()):
+            PREDICT_RESOURCES[_key] = _predict_resource(_key, "")
 except SeqvitError as _error:
     raise SystemExit(f"Configuration error, nothing was submitted:\n{_error}")
 

@@ -38,7 +38,7 @@ rule evaluate:
         ],
         fields=LAYOUT.regridded_all(),
         climatology=LAYOUT.climatology,
-        train_logs=[LAYOUT.run_dir(p) / "metrics.csv" for p in LAYOUT.patch_sizes()],
+        train_logs=list(LAYOUT.train_logs().values()),
     output:
         metrics=report(
             f"{RESULTS}/eval/metrics.csv",
@@ -61,6 +61,21 @@ rule evaluate:
             f"{RESULTS}/eval/maps.png",
             caption="../report/maps.rst",
             category="4. Evaluation",
+        ),
+        maps_case=report(
+            f"{RESULTS}/eval/maps_case.csv",
+            caption="../report/maps_case.rst",
+            category="4. Evaluation",
+        ),
+        seeds_summary=report(
+            f"{RESULTS}/eval/seeds_summary.csv",
+            caption="../report/seeds_summary.rst",
+            category="4. Evaluation",
+        ),
+        windows_vs_full=report(
+            f"{RESULTS}/eval/windows_vs_full.csv",
+            caption="../report/windows_vs_full.rst",
+            category="5. Sequence length",
         ),
         seqlen=report(
             f"{RESULTS}/eval/rmse_vs_seqlen.csv",

@@ -10,7 +10,7 @@ localrules:
 rule provenance:
     input:
         rules.evaluate.output,
-        train_logs=[LAYOUT.run_dir(p) / "metrics.csv" for p in LAYOUT.patch_sizes()],
+        train_logs=list(LAYOUT.train_logs().values()),
     output:
         crate=report(
             f"{RESULTS}/provenance/ro-crate-metadata.json",

@@ -7,8 +7,9 @@ the dataset (fields.init_times), the same set every model is evaluated on.
 Training reads lazily: SplitIndex says which store times make each sample, SampleOrder says
 which samples make each step (from the step number alone, so a run resumes mid-epoch),
 TokenStore reads one token segment of chosen times, SegmentBatches puts them together for one
-rank and step_loader prefetches them in worker processes. Prediction reads a whole split into
-memory once (ForecastPairs).
+rank and step_loader prefetches them in worker processes. Prediction reads the inputs of one
+chunk of init times at a time, its rank's token segment only (train/predict.py, through SplitIndex
+and TokenStore); ForecastPairs reads a whole split into memory at once, for small splits.
 """
 
 from __future__ import annotations

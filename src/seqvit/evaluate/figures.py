@@ -160,6 +160,64 @@ def maps_png(truth, forecast, out_png, model: str = "forecast", title: str = "")
     return _save(fig, out_png)
 
 
+def error_maps_png(truth, forecasts: dict, out_png, title: str = "", ncols: int = 4) -> Path:
+    """The truth and each run's forecast-minus-truth map of one case, every error on one colour scale.
+
+    forecasts: {run name: (latitude, longitude) DataArray}, in the order the panels are drawn.
+    """
+    fields = {"truth": truth, **forecasts}
+    for name, field in fields.items():
+        if tuple(field.dims) != ("latitude", "longitude"):
+            raise SeqvitError(f"maps: {name} must be a (latitude, longitude) DataArray, got dims {field.dims}")
+    lat_edges, lon_edges = lat_bounds(truth["latitude"].values), lon_bounds(truth["longitude"].values)
+    channel = str(truth["channel"].values) if "channel" in truth.coords else ""
+    units = channel_units(channel)
+    truth_values = np.asarray(truth.values, dtype=np.float64)
+    errors = {name: np.asarray(f.values, dtype=np.float64) - truth_values for name, f in forecasts.items()}
+    low, high = np.nanpercentile(truth_values, [1, 99])
+    # One scale for every error map, so that the runs compare; a few large local errors do not set it.
+    stacked = np.abs(np.stack(list(errors.values()))) if errors else np.zeros(1)
+    error_max = float(np.nanpercentile(stacked, 99)) or float(np.nanmax(stacked)) or 1.0
+
+    ncols = max(1, min(ncols, len(fields)))
+    nrows = int(np.ceil(len(fields) / ncols))
+    fig = Figure(figsize=(4.6 * ncols, 2.9 * nrows + 0.9), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
+    truth_mesh = error_mesh = None
+    for ax, (name, values) in zip(axes, [("truth", truth_values), *errors.items()]):
+        is_truth = name == "truth"
+        mesh = ax.pcolormesh(
+            lon_edges,
+            lat_edges,
+            values,
+            cmap="RdYlBu_r" if is_truth else "RdBu_r",
+            vmin=low if is_truth else -error_max,
+            vmax=high if is_truth else error_max,
+            shading="flat",
+        )
+        if is_truth:
+            truth_mesh = mesh
+        else:
+            error_mesh = mesh
+        ax.set_title("truth" if is_truth else f"{name} − truth", fontsize=10)
+        ax.set_aspect("equal")
+        ax.set_xlim(lon_edges[0], lon_edges[-1])
+        ax.set_ylim(-90, 90)
+        ax.set_xticks(np.arange(0, 361, 90))
+        ax.set_yticks(np.arange(-90, 91, 45))
+    for ax in axes[len(fields) :]:
+        ax.set_visible(False)
+    label = f"{channel} [{units}]" if units else channel
+    visible = [ax for ax in axes[: len(fields)]]
+    if truth_mesh is not None:
+        fig.colorbar(truth_mesh, ax=visible, orientation="vertical", shrink=0.8, extend="both", label=f"truth, {label}")
+    if error_mesh is not None:
+        fig.colorbar(error_mesh, ax=visible, orientation="vertical", shrink=0.8, extend="both", label=f"error, {label}")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return _save(fig, out_png)
+
+
 def rmse_vs_seqlen(long: pd.DataFrame, change: pd.DataFrame, baselines: pd.DataFrame, out_png) -> tuple[Path, Path]:
     """Headline RMSE against sequence length (log2 axis), one panel per variable, a line per lead.
 

@@ -6,7 +6,10 @@ Writes, under out_dir:
     rmse_table.csv    one row per model, one column per variable and lead (headline RMSE)
     per_time.nc       per-time mse, bias, acc (model, lead_hours, time, channel) for later reductions
     rmse_vs_lead.png  (+ .pdf) RMSE against lead, a panel per variable
-    maps.png          truth / forecast / error of one test case for the first ViT model
+    maps.png          truth and the forecast error of every ViT run for one test case, on one colour scale
+                      (the case: seqvit.evaluate.comparisons.MAP_CASE_RULE; maps_case.csv lists the panels)
+    seeds_summary.csv, windows_vs_full.csv
+                      repeats over seeds and window against full attention (seqvit.evaluate.comparisons)
     rmse_vs_seqlen.csv, seqlen_change.csv, rmse_vs_seqlen.png (+ .pdf)
                       the sequence-length experiment (seqvit.evaluate.sequence_length)
     loss_curves.png (+ .pdf)  training and validation loss of every ViT run (when train_logs given)
@@ -24,10 +27,11 @@ from seqvit import lineage
 from seqvit.data.fields import open_channels
 from seqvit.data.stats import load_climatology
 from seqvit.errors import SeqvitError
-from seqvit.evaluate import figures, metrics, uncertainty
+from seqvit.evaluate import comparisons, figures, metrics, uncertainty
 from seqvit.evaluate.baselines import climatology_for
-from seqvit.evaluate.sequence_length import write_sequence_length
+from seqvit.evaluate.sequence_length import sequence_length, write_sequence_length
 from seqvit.io import atomic_path
+from seqvit.layout import RUN_NAME
 
 METRIC_COLUMNS = [
     "run",
@@ -139,11 +143,6 @@ def _write_csv(df: pd.DataFrame, path: Path, index: bool) -> None:
         df.to_csv(tmp, index=index)
 
 
-def _pick_map_model(names) -> tuple[str, str]:
-    vit = [n for n in names if n.startswith("vit")]
-    return (vit[0], "") if vit else (names[0], " (no ViT prediction given)")
-
-
 def evaluate(
     cfg: dict, prediction_paths: dict, regridded_paths, clim_path, out_dir, train_logs: dict | None = None
 ) -> pd.DataFrame:
@@ -240,10 +239,13 @@ def evaluate(
     _write_per_time(per_time, names, leads, out_dir / "per_time.nc", cfg["experiment"])
 
     figures.rmse_vs_lead(table, out_dir / "rmse_vs_lead.png")
-    _maps(cfg, paths, names, channels, leads, inits, per_lead, out_dir / "maps.png")
-    _, change = write_sequence_length(
-        table, int(reference.sizes["latitude"]), int(reference.sizes["longitude"]), out_dir, per_time, draws
-    )
+    _maps(cfg, paths, names, channels, leads, inits, per_lead, per_time, out_dir)
+    nlat, nlon = int(reference.sizes["latitude"]), int(reference.sizes["longitude"])
+    _, change = write_sequence_length(table, nlat, nlon, out_dir, per_time, draws)
+    seeds = comparisons.seeds_summary(table, per_time, draws)
+    _write_csv(seeds, out_dir / "seeds_summary.csv", index=False)
+    windows = comparisons.windows_vs_full(table, lambda p: sequence_length(nlat, nlon, p), per_time, draws)
+    _write_csv(windows, out_dir / "windows_vs_full.csv", index=False)
     if train_logs is not None:
         logs = {}
         for label, path in train_logs.items():
@@ -260,6 +262,9 @@ def evaluate(
     if not change.empty:
         print("Sequence length (ViT headline RMSE; change_pct = shortest -> longest sequence):")
         print(change.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
+    if not windows.empty:
+        print("Window against full attention (change_pct = full -> window, seed means):")
+        print(windows.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
     return table
 
 
@@ -273,18 +278,28 @@ def _write_per_time(per_time: dict, names, leads, path: Path, run: str) -> None:
         ds.to_netcdf(tmp, engine="netcdf4")
 
 
-def _maps(cfg, paths, names, channels, leads, inits, per_lead, out_png: Path) -> None:
-    model, note = _pick_map_model(names)
+def _maps(cfg, paths, names, channels, leads, inits, per_lead, per_time, out_dir: Path) -> None:
+    """maps.png: the error of every ViT run on one case, chosen by comparisons.MAP_CASE_RULE, and
+    maps_case.csv: one row per panel (run, case, its RMSE on that case)."""
+    runs = [n for n in names if RUN_NAME.match(n)] or names[:1]  # no ViT: the first model given
     channel = "t2m" if "t2m" in channels else channels[0]
     lead = max(leads)
-    init = inits[0]
+    reference = comparisons.map_reference(names) or runs[:1]
+    mse = np.stack([per_time[name, lead]["mse"].sel(channel=channel).transpose("time").values for name in reference])
+    init = inits[comparisons.median_case(mse)]
     truth = per_lead[lead][0].sel(time=init, channel=channel)
-    with xr.open_dataset(paths[model]) as ds:
-        forecast = ds["forecast"].sel(lead_hours=lead, time=init, channel=channel).load()
-    forecast = forecast.assign_coords(latitude=truth["latitude"].values, longitude=truth["longitude"].values)
-    case_rmse = float(np.sqrt(metrics.weighted_mse(forecast, truth)))
+    on_grid = {"latitude": truth["latitude"].values, "longitude": truth["longitude"].values}
+    forecasts, rows = {}, []
     init_text = pd.Timestamp(init).strftime("%Y-%m-%d %H:%M")
-    title = f"{cfg['experiment']}: {model}{note}, {channel}, init {init_text} UTC, lead {lead} h, RMSE {case_rmse:.2f} {figures.channel_units(channel)}"
-    figures.maps_png(
-        truth.drop_vars("time"), forecast.drop_vars(["lead_hours", "time"]), out_png, model=model, title=title
+    for name in runs:
+        with xr.open_dataset(paths[name]) as ds:
+            forecast = ds["forecast"].sel(lead_hours=lead, time=init, channel=channel).load()
+        forecasts[name] = forecast.assign_coords(on_grid).drop_vars(["lead_hours", "time"])
+        case_rmse = float(np.sqrt(metrics.weighted_mse(forecasts[name], truth.drop_vars("time"))))
+        rows.append({"run": name, "init": init_text, "channel": channel, "lead_hours": lead, "rmse": case_rmse})
+    _write_csv(pd.DataFrame(rows).assign(rule=comparisons.MAP_CASE_RULE), out_dir / "maps_case.csv", index=False)
+    title = (
+        f"{cfg['experiment']}: {channel} forecast error, init {init_text} UTC, lead {lead} h "
+        f"({' and '.join(reference)}: median-RMSE test case)"
     )
+    figures.error_maps_png(truth.drop_vars("time"), forecasts, out_dir / "maps.png", title=title)

@@ -34,6 +34,8 @@ REFERENCES = {
     "97-138. doi:10.3233/DS-210053.",
     "leo2024": "Leo, S. et al. (2024). Recording provenance of workflow runs with RO-Crate. PLOS ONE 19, e0309210. "
     "doi:10.1371/journal.pone.0309210.",
+    "liu2021": "Liu, Z. et al. (2021). Swin Transformer: Hierarchical vision transformer using shifted windows. "
+    "ICCV 2021. arXiv:2103.14030.",
     "politis2004": "Politis, D. N. and White, H. (2004). Automatic block-length selection for the dependent "
     "bootstrap. Econometric Reviews 23, 53-70 (correction: Patton, A., Politis, D. N. and White, H. (2009), "
     "Econometric Reviews 28, 372-375).",
@@ -307,6 +309,7 @@ def methods_text(cfg: dict, env: dict, eval_dir, n_jobs: int | None = None, trai
             )
             if with_ci:
                 results_text += " " + _verdict(rows)
+    results_text += _windows_text(eval_dir / "windows_vs_full.csv")
     if metrics_path.exists():
         m = pd.read_csv(metrics_path)
         lead = int(m["lead_hours"].max())
@@ -337,7 +340,7 @@ def methods_text(cfg: dict, env: dict, eval_dir, n_jobs: int | None = None, trai
         f"p = {', '.join(str(p) for p in patch_sizes)}, and with it the sequence length.{seqlen_text} Every run was "
         f"trained for {train['steps']} steps of batch {train['batch_size']} ({samples} samples seen, the same for every "
         f"sequence length) with AdamW (learning rate {train['lr']}, weight decay {train.get('weight_decay', 0)}, "
-        f"{train.get('warmup_steps', 0)} warm-up steps) on the latitude-weighted MSE.",
+        f"{train.get('warmup_steps', 0)} warm-up steps) on the latitude-weighted MSE.{_sweep_text(cfg)}",
         "",
         "**Parallelism and hardware.** " + _parallelism(cfg) + _hardware(training, env),
         "",
@@ -364,6 +367,51 @@ def methods_text(cfg: dict, env: dict, eval_dir, n_jobs: int | None = None, trai
         "",
     ]
     return "\n".join(para)
+
+
+def _sweep_text(cfg: dict) -> str:
+    """Window runs (sweep.window) and repeats over seeds (train.seeds), where the config has them."""
+    text = ""
+    window = ((cfg.get("sweep") or {}).get("window") or {}).get("window_size")
+    if window:
+        text += (
+            f" Beside each of these full-attention runs, the same model with Swin-style shifted-window attention "
+            f"[liu2021] ({window} x {window} tokens per window) was trained at the same patch size."
+        )
+    seeds = (cfg.get("train") or {}).get("seeds") or []
+    if seeds:
+        text += (
+            f" Every run was repeated with {len(seeds)} seeds ({', '.join(str(s) for s in seeds)}: initial weights, "
+            "sample order, dropout); scores are means over the seeds, their spread is in seeds_summary.csv."
+        )
+    return text
+
+
+def _windows_text(path: Path) -> str:
+    """The change from full to window attention at equal sequence length (eval/windows_vs_full.csv)."""
+    if not path.exists():
+        return ""
+    table = pd.read_csv(path)
+    if table.empty:
+        return ""
+    parts = [
+        f"{r['variable']} at {int(r['lead_hours'])} h, {int(r['seq_len'])} tokens {float(r['change_pct']):+.1f}%"
+        + (
+            f" [{float(r['change_low_pct']):+.1f}, {float(r['change_high_pct']):+.1f}]"
+            if not pd.isna(r["change_low_pct"])
+            else ""
+        )
+        for _, r in table.iterrows()
+    ]
+    significant = [str(v) in ("True", "1", "1.0") for v in table["change_significant"]]
+    verdict = "only changes whose interval excludes zero count as a difference" + (
+        f"; {sum(significant)} of {len(significant)} do" if len(significant) else ""
+    )
+    return (
+        " Window against full attention at equal sequence length, change of the headline RMSE: "
+        + "; ".join(parts)
+        + f" (windows_vs_full.csv; {verdict})."
+    )
 
 
 def _hours(data: dict) -> str:

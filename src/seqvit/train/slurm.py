@@ -127,6 +127,30 @@ def train_resources(cfg: dict, patch_size: int, minutes: int | None = None) -> d
     return resources
 
 
+def predict_minutes(cfg: dict) -> int:
+    """Walltime of a predict job (cluster.predict_minutes; the schema's default without a cluster section)."""
+    cluster = cfg.get("cluster") or {}
+    if "predict_minutes" in cluster:
+        return int(cluster["predict_minutes"])
+    from seqvit.config import load_schema
+
+    return int(load_schema()["properties"]["cluster"]["properties"]["predict_minutes"]["default"])
+
+
+def predict_resources(cfg: dict, patch_size: int) -> dict:
+    """Snakemake resources of the predict job of a run: the nodes and tasks of its training job (each
+    rank holds the same token segment and attention as in training), with cluster.predict_minutes.
+
+    No USR1 warning: prediction does not checkpoint, and the signal would end it early.
+    """
+    resources = train_resources(cfg, patch_size, predict_minutes(cfg))
+    resources.pop("slurm_extra", None)
+    cluster = cfg.get("cluster") or {}
+    if cluster.get("sbatch_extra"):
+        resources["slurm_extra"] = str(cluster["sbatch_extra"])
+    return resources
+
+
 def _uses_srun(cfg: dict, patch_size: int) -> bool:
     launcher = (cfg.get("cluster") or {}).get("launcher", "none")
     return launcher == "srun" and job_layout(cfg, patch_size)["world"] > 1
