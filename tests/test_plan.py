@@ -38,13 +38,18 @@ def test_issue_figure_lss_patch1_gathers_68_gb_and_does_not_fit(capsys, tmp_path
     # 720 x 1440 cells at patch 1, sp=64 x dp=1, batch 16 on one replica, no accumulation
     assert (shape.tokens, shape.sp, shape.dp, shape.micro_batch) == (1_036_800, 64, 1, 16)
     plan = plan_run(shape, load_machine("frontier"))
-    gathered_kv = 2 * 16 * 1_036_800 * 1024 * 2  # K and V, batch 16, whole sequence, embed 1024, bf16
+    b, n, e, f, h, a = 16, 16_200, 1024, 4096, 16, 2
+    gathered_kv = 2 * b * 1_036_800 * e * a  # K and V, batch 16, whole sequence, embed 1024, bf16
     assert gathered_kv == pytest.approx(67.95e9, rel=1e-3)
-    # the layout copy of the gathered K/V (and of dK/dV in the backward pass)
-    assert plan.memory["sequence-parallel buffers"] == gathered_kv
-    # dQ (local) + dK, dV (whole sequence) of the kernel's backward
-    assert plan.memory["attention working set"] == 16 * 2 * (16_200 * 1024) + gathered_kv
-    assert plan.capacity == 64e9 and not plan.fits and plan.peak > 3 * gathered_kv
+    # checkpointing: the recomputed block holds its activations and the gathered K/V (its input is saved)
+    assert plan.memory["block recompute"] == pytest.approx(b * n * a * (7 * e + 2 * f) + gathered_kv + 4 * b * n * h)
+    # the backward pass meets the gathered K/V one chunk of heads at a time: 16 chunks of 1 head at sp=64
+    assert shape.head_chunks == 16
+    chunk = gathered_kv / 16  # dK and dV of one chunk (bf16), and the reduce-scatter's buffer in fp32
+    attention_backward = b * n * a * (e - 2 * f) + chunk + 2 * chunk
+    mlp_backward = b * n * a * (f + e)
+    assert plan.memory["backward working set"] == pytest.approx(max(attention_backward, mlp_backward))
+    assert plan.capacity == 64e9 and not plan.fits and plan.peak > gathered_kv
 
     code = _plan_cli("--config", str(FRONTIER), "--config", str(overlay), "--machine", "frontier", "--patch-size", "1")
     err = capsys.readouterr().err
@@ -83,16 +88,21 @@ def test_weights_gradients_optimizer_and_zero_by_hand():
     shape = run_shape(cfg, 1)
     phi = parameter_count(shape)
     memory = plan_run(shape, machine).memory  # bf16, ZeRO-1 over 64 ranks
-    assert memory["weights"] == 2 * phi and memory["gradients"] == 2 * phi
+    # bf16 weights and gradients, and DeepSpeed's fp32 gradient accumulation
+    assert memory["weights"] == 2 * phi and memory["gradients"] == 2 * phi + 4 * phi
     assert memory["optimizer"] == pytest.approx(12 * phi / 64)  # fp32 master, m, v partitioned over 64
+    assert memory["ZeRO reduce bucket"] == 500_000_000 * 2  # DeepSpeed's default bucket, bf16, on a GPU
     from dataclasses import replace
 
     zero2 = plan_run(replace(shape, zero_stage=2), machine).memory
-    assert zero2["gradients"] == pytest.approx(2 * phi / 64)
+    assert zero2["gradients"] == pytest.approx(6 * phi / 64)
     fp32 = plan_run(replace(shape, precision="fp32", zero_stage=0), machine).memory
     assert fp32["weights"] == 4 * phi and fp32["optimizer"] == 8 * phi  # AdamW m and v only
-    # the position table holds all 1,036,800 x 1024 positions on every rank, in bf16
-    assert memory["position table"] == 1_036_800 * 1024 * 2
+    assert fp32["ZeRO reduce bucket"] == 0
+    fp32_zero1 = plan_run(replace(shape, precision="fp32", zero_stage=1), machine).memory
+    assert fp32_zero1["optimizer"] == pytest.approx(12 * phi / 64)  # ZeRO keeps an fp32 master copy too
+    # the position table's halves: 720 rows and 1440 columns of 512 values each, in bf16 (not 1,036,800 x 1024)
+    assert memory["position tables"] == (720 + 1440) * 512 * 2
 
 
 def test_activation_checkpointing_keeps_block_inputs_by_hand():
@@ -102,40 +112,151 @@ def test_activation_checkpointing_keeps_block_inputs_by_hand():
     shape = run_shape(cfg, 2)
     assert (shape.tokens, shape.micro_batch, shape.precision) == (512, 16, "fp32")
     machine = load_machine("cpu-local")
-    b, n, e, f, h, a = 16, 512, 128, 512, 4, 4
-    # per block: 7 n E + K, V (2 n E) + 2 n F elements, plus the fp32 softmax statistics
-    block = b * a * (7 * n * e + 2 * n * e + 2 * n * f) + 4 * b * n * h
+    b, n, e, f, h, a, c, pp = 16, 512, 128, 512, 4, 4, shape.channels, 4
+    # per block: block input, norm1 output, q k v, kernel output, norm2 input and output (8 n E) and the
+    # GELU's input and output (2 n F), plus the fp32 softmax statistics
+    block = b * a * (8 * n * e + 2 * n * f) + 4 * b * n * h
+    # the embedding: tokens' layout copy, the channel embeddings twice, the H-head mixture, softmax
+    # weights, the output projection's input
+    embedding = b * n * a * (c * pp + 2 * c * e + h * e + h * c + e)
     off = plan_run(shape, machine).memory
     on = plan_run(replace(shape, activation_checkpointing=True), machine).memory
-    embed_head = off["activations (saved)"] - 4 * block
-    assert on["activations (saved)"] == pytest.approx(4 * b * n * e * a + embed_head)
-    assert on["block recompute"] == block and off["block recompute"] == 0
-    # the math kernel adds the N x N scores: fp32 softmax and its copy, per head
+    assert off["activations (saved)"] == pytest.approx(embedding + 4 * block)
+    assert on["activations (saved)"] == pytest.approx(embedding + 4 * b * n * e * a)
+    assert on["block recompute"] == block - b * n * e * a and off["block recompute"] == 0
+    # the last block's MLP backward: the GELU's gradient and the residual gradient
+    assert off["backward working set"] == b * n * a * (f + e)
+    # the math kernel adds the N x N scores, fp32 softmax and its copy, per head, to every block
     math = plan_run(replace(shape, attention="math"), machine).memory
-    assert math["attention working set"] - off["attention working set"] == b * h * n * n * (4 + a)
+    assert math["activations (saved)"] - off["activations (saved)"] == 4 * b * h * n * n * (4 + a)
 
 
-def test_flops_and_step_time_by_hand():
+MACHINE = """name: test
+device_memory_gb: 8
+runtime_overhead_gb: 0.1
+peak_tflops: {fp32: 0.1, bf16: 0.2}
+attention_tflops: {fp32: 0.05}
+elementwise_gbs: {fp32: 10}
+efficiency: 1.0
+framework_overhead_ms: {step: 5, block: 2, zero3_block: 3}
+cores_per_node: 2
+devices_per_node: 8
+levels:
+  - name: local
+    ranks: 8
+    bandwidth_gbs: 5
+    latency_us: 50
+    collectives: {all_to_all: {bandwidth_gbs: 1, latency_us: 100}}
+network: {node_bandwidth_gbs: 1, latency_us: 100}
+"""
+
+
+def test_flops_and_step_time_by_hand(tmp_path):
+    from dataclasses import replace
+
     cfg = _cfg(DEMO)
-    shape = run_shape(cfg, 8)  # 32 tokens of 8 x 8 pixels, 1 + 4 x 2 = 9 channels
-    plan = plan_run(shape, load_machine("cpu-local"))
+    shape = replace(run_shape(cfg, 8), threads=1)  # 32 tokens of 8 x 8 pixels, 1 + 4 x 2 = 9 channels
+    (tmp_path / "test.yaml").write_text(MACHINE)
+    machine = load_machine(str(tmp_path / "test.yaml"))
+    plan = plan_run(shape, machine)
     c, t, pp, d, depth = shape.channels, 32, 64, 128, 4
     assert c == 9
+    attention = depth * 4 * t * t * d
     forward = (
         2 * c * t * pp * d  # patch embedding
         + 4 * t * 4 * c * d
         + 4 * t * d * d  # aggregation
         + 2 * d  # lead time
-        + depth * (2 * t * d * (4 * d + 2 * 512) + 4 * t * t * d)  # blocks
+        + depth * 2 * t * d * (4 * d + 2 * 512)  # blocks' matmuls
+        + attention
         + 2 * t * d * c * pp  # head
     )
     per_sample = 3 * forward - 2 * c * t * pp * d - 2 * d
     assert plan.flops["model_per_sample"] == pytest.approx(per_sample)
     assert plan.flops["model_per_rank"] == pytest.approx(16 * per_sample)  # one rank runs the whole batch
-    # cpu-local: 0.1 TFLOP/s peak at 50% efficiency, nothing to communicate on one rank
-    assert plan.compute_seconds == pytest.approx(16 * per_sample / (0.1e12 * 0.5))
-    assert plan.step_seconds == plan.compute_seconds
-    assert plan.mfu == pytest.approx(0.5)
+    # matmuls at 0.1 TFLOP/s, attention (3 x its forward) at 0.05, one rank on one of the 2 cores
+    assert plan.compute["matmuls"] == pytest.approx(16 * (per_sample - 3 * attention) / 0.1e12)
+    assert plan.compute["attention"] == pytest.approx(16 * 3 * attention / 0.05e12)
+    assert plan.compute["framework"] == pytest.approx(5e-3 + depth * 2e-3)
+    assert plan.compute_seconds == pytest.approx(sum(plan.compute.values()))
+    assert plan.step_seconds == plan.compute_seconds  # nothing to communicate on one rank
+    # two threads on the 2 cores: twice the one-core rates; shared by two ranks, one each
+    two = plan_run(replace(shape, threads=2), machine)
+    assert two.compute["matmuls"] == pytest.approx(plan.compute["matmuls"] / 2)
+    two_ranks = plan_run(replace(shape, threads=2, sp=2), machine)
+    assert two_ranks.compute["matmuls"] == pytest.approx(plan.compute["matmuls"] / 2)  # half the work each, one core
+    # 4 ranks on the 2 cores: each computes at half the one-core rates; ZeRO-3 adds its per-block time
+    four = plan_run(replace(shape, sp=4, zero_stage=3), machine)
+    assert four.compute["matmuls"] == pytest.approx(2 * 16 * (per_sample - 3 * attention) / 4 / 0.1e12)
+    assert four.compute["framework"] == pytest.approx(5e-3 + depth * (2e-3 + 3e-3))
+    # elementwise traffic: 4 passes over the saved activations, the optimizer's state read and written
+    from seqvit.plan.estimate import _block_saved, _embedding_saved
+
+    traffic = 4 * (_embedding_saved(shape) + depth * _block_saved(shape))
+    traffic += 2 * sum(plan.memory[k] for k in ("weights", "gradients", "optimizer"))
+    assert plan.compute["elementwise"] == pytest.approx(traffic / 10e9)
+    assert "elementwise" not in plan_run(replace(shape, precision="bf16"), machine).compute  # no bf16 figure
+    # Ulysses at sp=4: the fused q, k, v and the output all-to-all forward and backward, per block, over the
+    # level's measured all-to-all figures (1 GB/s, 100 us)
+    b, n, a = 16, 8, 4
+    qkv = 3 / 4 * 3 * b * n * d * a / 1e9 + 100e-6
+    out = 3 / 4 * b * n * d * a / 1e9 + 100e-6
+    assert four.comm["all-to-all"] == pytest.approx(depth * 2 * (qkv + out))
+
+
+def test_lss_chunks_trade_memory_for_collectives():
+    from dataclasses import replace
+
+    shape = run_shape(_cfg(FRONTIER), 1)  # sp=64, 16 heads: 16 chunks of one head
+    machine = load_machine("frontier")
+    chunked = plan_run(shape, machine)
+    # a chunk gathers about 4 segments' worth: one chunk up to sp=4, then sp / 4 chunks, at most one per head
+    assert (shape.head_chunks, replace(shape, sp=4).head_chunks, replace(shape, sp=8).head_chunks) == (16, 1, 2)
+    # per chunk: one all-gather forward (twice under checkpointing), one fp32 reduce-scatter backward
+    b, n, e, a, depth = shape.micro_batch, shape.local_tokens, 1024, 2, 8
+    segment = 2 * b * n * e * a / 16
+    gather = machine.collective_seconds("all_gather", 64, segment)
+    scatter = machine.collective_seconds("reduce_scatter", 64, segment * 2)
+    assert chunked.comm["all-gather"] == pytest.approx(depth * shape.grad_accumulation * 2 * 16 * gather)
+    assert chunked.comm["reduce-scatter"] == pytest.approx(depth * shape.grad_accumulation * 16 * scatter)
+
+
+def test_host_memory_counts_only_the_gradients_in_deepspeeds_bucket(tmp_path):
+    from dataclasses import replace
+
+    (tmp_path / "test.yaml").write_text(MACHINE + "memory_on_touch: true\n")
+    host = load_machine(str(tmp_path / "test.yaml"))
+    shape = replace(run_shape(_cfg(DEMO), 8), zero_stage=3)
+    phi = parameter_count(shape)
+    assert plan_run(shape, host).memory["ZeRO reduce bucket"] == 4 * phi  # fp32 gradients fill phi of it
+    (tmp_path / "device.yaml").write_text(MACHINE)
+    assert plan_run(shape, load_machine(str(tmp_path / "device.yaml"))).memory["ZeRO reduce bucket"] == 4 * 5e8
+
+
+def test_frontier_patch1_before_and_after_the_memory_fixes():
+    """The whole position table on every rank and all heads gathered at once, against this code."""
+    from dataclasses import replace
+
+    from seqvit.plan import estimate
+
+    machine = load_machine("frontier")
+    shape = replace(run_shape(_cfg(FRONTIER), 1), grad_accumulation=4)  # micro-batch 4
+    after = plan_run(shape, machine)
+    chunks, sum_bytes = estimate.RunShape.head_chunks, estimate.SUM_BYTES
+    estimate.RunShape.head_chunks, estimate.SUM_BYTES = property(lambda s: 1), 2  # type: ignore[method-assign]
+    try:
+        gathered_at_once = plan_run(shape, machine)
+    finally:
+        estimate.RunShape.head_chunks, estimate.SUM_BYTES = chunks, sum_bytes  # type: ignore[method-assign]
+    table = 1_036_800 * 1024 * 2  # the whole table in bf16: 2.1 GB on every rank
+    before = gathered_at_once.peak - gathered_at_once.memory["position tables"] + table
+    b, n_all, e, a = 4, 1_036_800, 1024, 2
+    # the working set held dK and dV of all heads and the reduce-scatter's copy: 2 x 17 GB; now a 16th, and
+    # the copy in fp32
+    assert gathered_at_once.memory["backward working set"] == pytest.approx(
+        b * 16_200 * a * (e - 2 * 4096) + 2 * (2 * b * n_all * e * a)
+    )
+    assert before > 64e9 and after.fits and after.peak < 0.55 * before
 
 
 def test_collectives_by_hand():
@@ -166,3 +287,18 @@ def test_plan_runs_on_every_shipped_config(path, capsys):
         code = _plan_cli("--config", str(path), "--machine", machine)
         out = capsys.readouterr().out
         assert code in (0, 1) and "summary" in out
+
+
+def test_machine_files_are_found_by_name_in_the_working_checkout_or_where_seqvit_machines_points(
+    tmp_path, monkeypatch
+):
+    from seqvit.plan.machine import machine_path
+
+    monkeypatch.delenv("SEQVIT_MACHINES", raising=False)
+    assert machine_path("frontier") == Path("config") / "machines" / "frontier.yaml"  # tests run in the checkout
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SeqvitError, match=r"unknown machine 'frontier'.*set SEQVIT_MACHINES"):
+        machine_path("frontier")
+    monkeypatch.setenv("SEQVIT_MACHINES", str(ROOT / "config" / "machines"))
+    assert machine_path("frontier") == ROOT / "config" / "machines" / "frontier.yaml"
+    assert load_machine("frontier").devices_per_node == 8

@@ -169,9 +169,8 @@ def test_docs_scale_md_is_what_the_planner_writes(tmp_path):
 
 
 def test_the_cpu_validation_table_is_included_when_it_exists(tmp_path, monkeypatch):
-    from seqvit.plan import report
-
-    monkeypatch.setattr(report, "_CHECKOUT", tmp_path)
+    monkeypatch.setenv("SEQVIT_MACHINES", str(ROOT / "config" / "machines"))
+    monkeypatch.chdir(tmp_path)  # the document is written in (and reads docs/ of) the working folder
     text = markdown([DEMO])
     assert "Not generated yet: `benchmarks/plan_validation.py` writes `docs/plan-validation.md`" in text
     (tmp_path / "docs").mkdir()

@@ -206,6 +206,11 @@ def cmd_plan(args):
 
         print(f"wrote {write_markdown(Path(args.markdown), args.config, args.set or [], args.machine)}")
         return
+    if args.calibrate:  # measure this machine into its machine file (seqvit.plan.calibrate)
+        from seqvit.plan.calibrate import calibrate
+
+        print(f"wrote {calibrate(args.machine or 'cpu-local')}")
+        return
     if not args.config:
         raise SeqvitError("seqvit plan needs --config C (only --markdown has default configs)")
     cfg = _config(args)
@@ -400,6 +405,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--patch-size", type=int, metavar="P", help="only this run (default: every tokenize.patch_sizes)")
     p.add_argument(
         "--machine", metavar="NAME", help="machine file config/machines/NAME.yaml (default: config key machine)"
+    )
+    p.add_argument(
+        "--calibrate",
+        action="store_true",
+        help="measure this machine (matmul, attention and elementwise rates, gloo collectives, tiny training runs) "
+        "and write the figures into its machine file (--machine, default cpu-local), keeping its comments",
     )
     p = stage("paths", cmd_paths, "print the results folder and the main output paths of a config")
     p.add_argument("--results", action="store_true", help="print only the results folder (make report uses it)")

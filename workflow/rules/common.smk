@@ -1,5 +1,7 @@
 # Shared by every rule: where files live, and the arguments that hand the config to the CLI.
+import os
 import sys
+from pathlib import Path
 
 import yaml
 
@@ -7,6 +9,7 @@ from seqvit.errors import SeqvitError
 from seqvit.io import atomic_path
 from seqvit.layout import Layout
 from seqvit.lineage import TRAIN_REPORTING_KEYS
+from seqvit.plan.machine import MACHINES_ENV
 from seqvit.plan.walltime import (
     multi_job_warnings,
     sbatch_layout,
@@ -16,6 +19,10 @@ from seqvit.plan.walltime import (
 from seqvit.provenance.code import stage_hash
 from seqvit.runs import run_parallelism
 from seqvit.train.slurm import describe_sbatch, predict_resources, seqvit_command
+
+# Machine files by name (seqvit plan, walltimes) come from this workflow's checkout, wherever
+# Snakemake runs.
+os.environ.setdefault(MACHINES_ENV, str(Path(workflow.main_snakefile).parent / "config" / "machines"))
 
 LAYOUT = Layout(config)
 RESULTS = str(LAYOUT.root)

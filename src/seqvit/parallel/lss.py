@@ -15,9 +15,9 @@ head, so the heads go in turn, in chunks of ceil(H / c) heads, and only one chun
 buffers exist at a time. The autograd graph still saves each chunk's gathered K and V for the
 backward pass (2 N E in all per block: recomputing them instead would cost one more attention
 forward). c = min(H, ceil(P / 4)): a chunk gathers about 4 segments' worth, 8 n E elements
-(n = N / P), less than the 7 n E + 2 n F a block saves for its own tokens, so the transit never
-dominates the peak; up to P = 4 the whole sequence is within that bound and one all-gather per
-layer keeps the latency lowest.
+(n = N / P), less than the 8 n E + 2 n F a block saves for its own tokens (plan/estimate.py), so
+the transit never dominates the peak; up to P = 4 the whole sequence is within that bound and one
+all-gather per layer keeps the latency lowest.
 
 Reduce-scatter precision: in bf16 (or fp16) the gradients are summed in fp32 and rounded once.
 Measured with gloo on P ranks, random partial gradients, mean error relative to an exact sum:

@@ -2,39 +2,58 @@
 
 Notation: B global batch, D data-parallel replicas, P sequence-parallel ranks, W = P x D, b = B /
 D / grad_accumulation the micro-batch, N tokens of a sample, n = ceil(N / P) tokens of a rank, E
-embed_dim, F = int(E * mlp_ratio), H heads, C channels, a bytes per activation (bf16: 2, fp32: 4),
-Phi parameters.
+embed_dim, F = int(E * mlp_ratio), H heads, C channels, p^2 pixels per patch, a bytes per
+activation (bf16: 2, fp32: 4), Phi parameters, c the head chunks of LSS (parallel/lss.py).
 
-Memory (bytes per rank):
-  weights, gradients     a Phi each (DeepSpeed bf16 keeps the model in bf16)
-  optimizer (AdamW)      bf16: fp32 master weights, m and v (12 Phi); fp32: m and v (8 Phi)
-  ZeRO                   stage >= 1 divides the optimizer by W, >= 2 the gradients, 3 the weights:
-                         DeepSpeed is given no model-parallel unit, so it partitions over all W ranks
-  activations per block  saved for the backward pass, per micro-batch:
-                         b a (7 n E + kv + 2 n F) + 4 b n H (the kernel's softmax statistics, fp32)
-                         [layer-norm inputs 2, qkv input 1, q 1, kernel output 1, proj input 1,
-                         fc1 input 1 (x nE); GELU input and output (2 x nF); K and V as the kernel
-                         reads them, kv = 2 N E under LSS (the whole gathered sequence), else 2 n E]
-                         math kernel: + b H n N (4 + a), the fp32 softmax and its bf16 copy
-                         activation checkpointing keeps only each block's input (b n E a) and
+Memory (bytes per rank): persistent state, plus the activations saved for the backward pass,
+plus what the backward pass holds at its fullest moment. The counts follow the tensors the code
+keeps (read with torch's profiler and autograd's saved-tensor hooks) and are checked against
+measured training processes (benchmarks/plan_validation.py, docs/plan-validation.md).
+  weights, gradients     a Phi each (DeepSpeed bf16 keeps the model in bf16; its bf16 optimizer also
+                         accumulates gradients in fp32, 4 Phi more)
+  optimizer (AdamW)      m and v (8 Phi); with bf16 or any ZeRO stage DeepSpeed also keeps fp32
+                         master weights (12 Phi). ZeRO stage >= 1 divides the optimizer by W, >= 2 the
+                         gradients, 3 the weights: DeepSpeed is given no model-parallel unit, so it
+                         partitions over all W ranks
+  ZeRO reduce bucket     stages 1-3 allocate DeepSpeed's reduce bucket (reduce_bucket_size, 5e8
+                         elements by default, of gradients); in host memory only the gradients that
+                         pass through it are ever written (machine key memory_on_touch)
+  position tables        the sin-cos position table's row and column halves, (rows + cols) E / 2
+                         (model/vit.py builds each rank's positions from them)
+  inputs                 the replica's tokens and targets, fp32 as the loader delivers them
+  embedding (saved)      b n a (C p^2 + 2 C E + H E + H C + E): the tokens' layout copy, the C channel
+                         embeddings and the aggregation's layout copy of them, its H-head mixture,
+                         the softmax weights and the output projection's input
+  blocks (saved)         per block b n a (8 E + 2 F) + 4 b n H [block input, norm1 output, q k v,
+                         kernel output, norm2 input and output (E each, q k v 3 E); GELU input and
+                         output (F each); the kernel's fp32 softmax statistics]. Both Ulysses
+                         methods keep the kernel's output and the projection's input apart (+ E;
+                         DeepSpeed's measured 2 E more at P = 2, none more at P = 4); LSS the
+                         gathered K and V of the whole sequence (+ 2 N E / n = 2 P E per local
+                         token); the math kernel adds the N-wide scores, b H n N (4 + a)
+                         activation checkpointing keeps each block's input (b n E a) and
                          recomputes one block at a time in the backward pass
-  embedding and head     per-channel embeddings b C n E a (the aggregation's input) and the
-                         tokens, targets and output b C n p^2 (3 a); not checkpointed
-  attention working set  backward of one block's kernel: dQ, dK, dV, b a (n E + kv); math adds the
-                         gradient of the N-wide scores, b H n N (4 + a)
-  sequence parallel      Ulysses: send and receive buffers of the fused q, k, v all-to-all,
-                         2 x 3 b n E a; LSS: the gathered K and V are copied into the kernel's
-                         layout (forward) and dK, dV back into the reduce-scatter's (backward),
-                         2 b N E a more
-  position table         the fixed sin-cos table of all N tokens, N E a on every rank (vit.py
-                         registers the whole table; DeepSpeed casts buffers to bf16)
-  runtime overhead       from the machine file
-  peak = persistent + saved activations + one block's recomputation (checkpointing) + working
-         set + sequence-parallel buffers: the backward pass of a block, where everything meets
+  backward working set   the largest of three moments: the last block's MLP backward (its GELU
+                         gradient and the residual gradient, b n a (F + E)); its attention
+                         backward, after the MLP's tensors are freed (b n a (E - 2 F), plus the
+                         kernel's dK and dV and, under LSS, the reduce-scatter's buffer of one chunk
+                         of heads, b a 2 N E / c (1 + s / a), s = 4 bytes: bf16 gradients are summed
+                         in fp32; the math kernel's score gradient); the channel aggregation's
+                         backward (b n a C E) once the blocks are freed
+  runtime overhead       from the machine file (runtime_overhead_gb, + zero_overhead_gb for ZeRO,
+                         + precision_overhead_gb)
+  peak = persistent + saved activations + the working set
 
-Time: model FLOPs of a step on one rank (seqvit.train.throughput, PaLM's definition) plus one
-more forward of the blocks under checkpointing, over peak x efficiency; plus the collectives,
-not overlapped with compute (an upper bound).
+Time: the matmul FLOPs of a step on one rank (seqvit.train.throughput, PaLM's definition, plus one
+more forward of the blocks under checkpointing) over peak x efficiency; attention's FLOPs over the
+machine's attention rate (attention_tflops, the kernel's measured forward + backward); the
+elementwise traffic (elementwise_traffic: 4 passes over the activations saved, their writing and
+reading and their gradients', plus the optimizer's reads and writes) over elementwise_gbs
+(measured on the model's own layer norms, GELUs, copies and small matmuls); the framework's own
+time per step and per block (framework_overhead_ms); on CPU machines the ranks of a node beyond
+cores_per_node share the cores. Plus the collectives, not overlapped with compute (an upper
+bound). The CPU figures are measured by `seqvit plan --calibrate`; a device machine file without
+them keeps everything in peak x efficiency.
 """
 
 from __future__ import annotations
@@ -70,6 +89,9 @@ class RunShape:
     sp: int
     dp: int
     sp_method: str
+    patch_rows: int = 0  # the patch grid, rows x cols = tokens; 0: unknown (a 1:2 latitude-longitude grid assumed)
+    patch_cols: int = 0
+    threads: int = 1  # train.threads: CPU threads of training on one machine, shared by its ranks
 
     @property
     def world(self) -> int:
@@ -86,6 +108,21 @@ class RunShape:
     @property
     def hidden(self) -> int:
         return int(self.embed_dim * self.mlp_ratio)
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """(rows, cols) of the patch grid."""
+        if self.patch_rows * self.patch_cols == self.tokens:
+            return self.patch_rows, self.patch_cols
+        rows = max(1, math.isqrt(self.tokens // 2))
+        return rows, math.ceil(self.tokens / rows)
+
+    @property
+    def head_chunks(self) -> int:
+        """Chunks of heads LSS gathers in turn (parallel/lss.py); 1 for the other methods."""
+        from seqvit.parallel.lss import head_chunks
+
+        return head_chunks(self.num_heads, self.sp) if (self.sp > 1 and self.sp_method == "lss") else 1
 
     def check(self) -> None:
         where = f"run p={self.patch_size}"
@@ -137,6 +174,9 @@ def run_shape(cfg: dict, patch_size: int) -> RunShape:
         sp=sp,
         dp=dp,
         sp_method=str(parallel.get("sp_method", "ulysses")),
+        patch_rows=grid[0] // patch_size,
+        patch_cols=grid[1] // patch_size,
+        threads=int(train.get("threads", 1)),
     )
     shape.check()
     return shape
@@ -163,6 +203,7 @@ class Plan:
     flops: dict = field(default_factory=dict)
     comm: dict = field(default_factory=dict)  # kind -> seconds per step
     compute_seconds: float = 0.0
+    compute: dict = field(default_factory=dict)  # part -> seconds per step; they sum to compute_seconds
 
     @property
     def peak(self) -> float:
@@ -190,54 +231,102 @@ class Plan:
         return self.flops["model_per_rank"] / self.step_seconds / self.machine.peak(self.shape.precision)
 
 
-def _kv_elements(s: RunShape) -> int:
-    """Elements of K and V (one sample) as the local attention kernel reads them."""
-    kv_tokens = s.tokens if (s.sp > 1 and s.sp_method == "lss") else s.local_tokens
-    return 2 * kv_tokens * s.embed_dim
+# DeepSpeed's zero_optimization.reduce_bucket_size default (elements); train/engine.py does not set it
+DEEPSPEED_REDUCE_BUCKET = 500_000_000
+# per local token and block, in units of E: what the Ulysses methods keep beyond P = 1 (the kernel's
+# output and the projection's input are two tensors after the all-to-all; measured the same for
+# DeepSpeed's at P = 4, 2 E more at P = 2)
+SP_SAVED = {"ulysses": 1, "deepspeed-ulysses": 1}
+SUM_BYTES = 4  # LSS sums bf16 gradients in fp32 (parallel/lss.py)
+
+
+def _lss(s: RunShape) -> bool:
+    return s.sp > 1 and s.sp_method == "lss"
+
+
+def _block_saved(s: RunShape) -> float:
+    """Bytes one block saves for its backward pass (its input included), per micro-batch."""
+    a, b, n, e, f, h = BYTES[s.precision], s.micro_batch, s.local_tokens, s.embed_dim, s.hidden, s.num_heads
+    per_token = float(8 * e + 2 * f)
+    if _lss(s):
+        per_token += 2 * s.tokens * e / n  # K and V of the whole sequence
+    elif s.sp > 1:
+        per_token += SP_SAVED.get(s.sp_method, 0) * e
+    return b * n * a * per_token + 4 * b * n * h + _math_scores(s)
+
+
+def _embedding_saved(s: RunShape) -> float:
+    """Bytes the patch embedding and channel aggregation save for the backward pass, per micro-batch."""
+    a, b, n, e, h, c = BYTES[s.precision], s.micro_batch, s.local_tokens, s.embed_dim, s.num_heads, s.channels
+    return b * n * a * (c * s.patch_size**2 + 2 * c * e + h * e + h * c + e)
+
+
+def _math_scores(s: RunShape) -> float:
+    """The N-wide scores the math kernel keeps (fp32 softmax and its copy), per block and micro-batch."""
+    if s.attention != "math":
+        return 0.0
+    return s.micro_batch * s.num_heads * s.local_tokens * s.tokens * (4 + BYTES[s.precision])
+
+
+def _working_set(s: RunShape, blocks: float) -> dict:
+    """Bytes the backward pass holds beyond all saved activations, at each of its fullest moments.
+
+    blocks: what the blocks hold when the backward pass reaches them (saved, plus the recomputed
+    block under checkpointing); all of it is freed before the channel aggregation's backward.
+    """
+    a, b, n, e, f, c = BYTES[s.precision], s.micro_batch, s.local_tokens, s.embed_dim, s.hidden, s.channels
+    kv_tokens = s.tokens if _lss(s) else n
+    chunk = b * 2 * kv_tokens * e / s.head_chunks  # dK and dV of one chunk of heads
+    exchange = chunk * (SUM_BYTES if _lss(s) else a)  # LSS: the reduce-scatter's buffer, summed in fp32
+    return {
+        "MLP backward": b * n * a * (f + e),
+        "attention backward": b * n * a * (e - 2 * f) + chunk * a + exchange + _math_scores(s),
+        "channel aggregation backward": b * n * a * c * e - blocks,
+    }
 
 
 def memory_breakdown(s: RunShape, machine: Machine, params: int) -> dict:
     a = BYTES[s.precision]
-    b, n, e, f, h = s.micro_batch, s.local_tokens, s.embed_dim, s.hidden, s.num_heads
+    b, n, e, c = s.micro_batch, s.local_tokens, s.embed_dim, s.channels
     w = s.world
     weights, grads = float(a * params), float(a * params)
-    optimizer = float((12 if s.precision == "bf16" else 8) * params)
+    if s.precision != "fp32":
+        grads += 4 * params  # DeepSpeed's bf16 optimizer accumulates the gradients in fp32
+    optimizer = float((12 if (s.precision != "fp32" or s.zero_stage >= 1) else 8) * params)
+    bucket = 0.0
     if s.zero_stage >= 1:
         optimizer /= w
+        bucket = a * (min(DEEPSPEED_REDUCE_BUCKET, params) if machine.memory_on_touch else DEEPSPEED_REDUCE_BUCKET)
     if s.zero_stage >= 2:
         grads /= w
     if s.zero_stage >= 3:
         # the partition, plus one block's weights gathered at a time
         block_params = (params - parameter_count(replace(s, depth=0))) / max(s.depth, 1)
         weights = weights / w + a * block_params
-    kv = _kv_elements(s)
-    math_scores = b * h * n * s.tokens * (4 + a) if s.attention == "math" else 0
-    full_block = b * a * (7 * n * e + kv + 2 * n * f) + 4 * b * n * h + math_scores
-    if s.activation_checkpointing:
-        saved = s.depth * b * n * e * a
-        recompute = full_block
-    else:
-        saved = s.depth * full_block
-        recompute = 0
     pp = s.patch_size**2
-    embed_head = b * s.channels * n * e * a + 3 * b * s.channels * n * pp * a + 3 * b * n * e * a
-    working = b * a * (n * e + kv) + math_scores
-    if s.sp > 1 and s.sp_method in HEAD_SCATTERING:
-        sp_buffers = 2 * 3 * b * n * e * a
-    elif s.sp > 1:
-        sp_buffers = 2 * b * s.tokens * e * a
+    rows, cols = s.grid
+    inputs = 2 * (s.batch_size // s.dp) * c * n * pp * 4  # tokens and targets, fp32 from the loader
+    embedding = _embedding_saved(s)
+    block = _block_saved(s)
+    if s.activation_checkpointing:
+        saved = float(s.depth * b * n * e * a)
+        recompute = block - b * n * e * a  # its input is one of the saved
     else:
-        sp_buffers = 0
+        saved = s.depth * block
+        recompute = 0.0
+    overhead = machine.overhead + (machine.zero_overhead if s.zero_stage >= 1 else 0.0)
+    overhead += machine.precision_overhead.get(s.precision, 0.0)
     return {
         "weights": weights,
         "gradients": grads,
         "optimizer": optimizer,
-        "activations (saved)": saved + embed_head,
+        "ZeRO reduce bucket": bucket,
+        "position tables": (rows + cols) * e / 2 * a,
+        "inputs": float(inputs),
+        "activations (saved)": embedding + saved,
         "block recompute": recompute,
-        "attention working set": working,
-        "sequence-parallel buffers": sp_buffers,
-        "position table": s.tokens * e * a,
-        "runtime overhead": machine.overhead,
+        "backward working set": max(_working_set(s, saved + recompute).values()),
+        "runtime overhead": overhead,
     }
 
 
@@ -253,9 +342,12 @@ def communication(s: RunShape, machine: Machine, params: int) -> dict:
         out = machine.collective_seconds("all_to_all", s.sp, b * n * e * a)
         comm["all-to-all"] = s.depth * micro * ((forwards + 1) * (qkv + out))
     elif s.sp > 1:
-        segment = 2 * b * n * e * a  # this rank's K and V
-        comm["all-gather"] = s.depth * micro * forwards * machine.collective_seconds("all_gather", s.sp, segment)
-        comm["reduce-scatter"] = s.depth * micro * machine.collective_seconds("reduce_scatter", s.sp, segment)
+        chunks = s.head_chunks
+        segment = 2 * b * n * e * a / chunks  # this rank's K and V of one chunk of heads
+        gather = machine.collective_seconds("all_gather", s.sp, segment)
+        scatter = machine.collective_seconds("reduce_scatter", s.sp, segment * SUM_BYTES / a)
+        comm["all-gather"] = s.depth * micro * forwards * chunks * gather
+        comm["reduce-scatter"] = s.depth * micro * chunks * scatter
     grads = a * params
     if s.zero_stage <= 1:
         comm["gradient all-reduce"] = machine.collective_seconds("all_reduce", s.world, grads)
@@ -265,25 +357,65 @@ def communication(s: RunShape, machine: Machine, params: int) -> dict:
         comm["gradient all-reduce"] = micro * machine.collective_seconds("reduce_scatter", s.world, shard)
         comm["gradient all-reduce"] += machine.collective_seconds("all_gather", s.world, shard)
         if s.zero_stage == 3:  # weights gathered in the forward and the backward of every micro-batch
-            comm["all-gather"] += 2 * micro * machine.collective_seconds("all_gather", s.world, shard)
+            comm["all-gather"] += (forwards + 1) * micro * machine.collective_seconds("all_gather", s.world, shard)
     return comm
+
+
+def elementwise_traffic(s: RunShape, memory: dict) -> float:
+    """Bytes of elementwise work in a step of one rank, the count the machine's elementwise_gbs is measured in.
+
+    The activations saved are written and read in the forward pass, their gradients written and
+    read in the backward pass (4 passes; blocks recomputed under checkpointing once more); the
+    optimizer reads and writes its state.
+    """
+    passes = 5 if s.activation_checkpointing else 4
+    activations = 4 * _embedding_saved(s) + passes * s.depth * _block_saved(s)
+    state = memory["weights"] + memory["gradients"] + memory["optimizer"]
+    return activations * s.grad_accumulation + 2 * state
+
+
+def compute_time(s: RunShape, machine: Machine, params: int, flops: dict, memory: dict) -> dict:
+    """Seconds per step of one rank's own work, part by part (module docstring)."""
+    on_node = min(s.world, machine.devices_per_node)
+    share = machine.compute_share(on_node, max(1, s.threads // on_node))  # threads per rank, as training sets them
+    parts = {
+        "matmuls": flops["executed_matmul_per_rank"] / (machine.peak(s.precision) * machine.efficiency * share),
+        "attention": flops["executed_attention_per_rank"] / (machine.attention_rate(s.precision) * share),
+    }
+    if s.precision in machine.elementwise:
+        parts["elementwise"] = elementwise_traffic(s, memory) / (machine.elementwise[s.precision] * share)
+    blocks = s.depth * s.grad_accumulation
+    per_block = machine.block_overhead + (machine.zero3_block_overhead if s.zero_stage == 3 else 0.0)
+    framework = machine.step_overhead + blocks * per_block
+    if framework:
+        parts["framework"] = framework
+    return parts
 
 
 def plan_run(s: RunShape, machine: Machine) -> Plan:
     params = parameter_count(s)
     model_cfg = {"embed_dim": s.embed_dim, "depth": s.depth, "num_heads": s.num_heads, "mlp_ratio": s.mlp_ratio}
     per_sample = model_flops_per_sample(model_cfg, s.channels, s.patch_size, s.tokens)
+    parts = forward_flops_by_part(model_cfg, s.channels, s.patch_size, s.tokens)
     # each sample is shared by the P ranks of its group; a replica runs B / D samples per step
-    model_per_rank = per_sample * s.batch_size / s.dp / s.sp
-    executed = model_per_rank
+    samples = s.batch_size / s.dp / s.sp
+    model_per_rank = per_sample * samples
+    attention = 3 * parts["attention"] * samples  # forward and backward (twice the forward), as model FLOPs
+    recompute = {"matmul": 0.0, "attention": 0.0}
     if s.activation_checkpointing:
-        parts = forward_flops_by_part(model_cfg, s.channels, s.patch_size, s.tokens)
-        executed += (parts["block_linear"] + parts["attention"]) * s.batch_size / s.dp / s.sp
+        recompute = {"matmul": parts["block_linear"] * samples, "attention": parts["attention"] * samples}
     plan = Plan(shape=s, machine=machine, params=params)
-    plan.flops = {"model_per_sample": per_sample, "model_per_rank": model_per_rank, "executed_per_rank": executed}
-    plan.compute_seconds = executed / (machine.peak(s.precision) * machine.efficiency)
-    plan.comm = communication(s, machine, params)
+    plan.flops = {
+        "model_per_sample": per_sample,
+        "model_per_rank": model_per_rank,
+        "executed_per_rank": model_per_rank + recompute["matmul"] + recompute["attention"],
+        "executed_matmul_per_rank": model_per_rank - attention + recompute["matmul"],
+        "executed_attention_per_rank": attention + recompute["attention"],
+    }
     plan.memory = memory_breakdown(s, machine, params)
+    plan.compute = compute_time(s, machine, params, plan.flops, plan.memory)
+    plan.compute_seconds = sum(plan.compute.values())
+    plan.comm = communication(s, machine, params)
     return plan
 
 

@@ -3,24 +3,56 @@
 Ranks are numbered node by node, and a collective over g contiguous ranks runs over the
 smallest level (`levels`, e.g. the two GCDs of one MI250X, then the node) that holds g ranks;
 a larger group spans nodes and its traffic between nodes goes through the node's network
-injection bandwidth (`network.node_bandwidth_gbs`, all NICs of a node together).
+injection bandwidth (`network.node_bandwidth_gbs`, all NICs of a node together). A level may give
+measured figures per collective (`collectives: {all_gather: {bandwidth_gbs, latency_us}, ...}`,
+what `seqvit plan --calibrate` writes); the level's own figures serve the others.
+
+Optional keys, measured by `seqvit plan --calibrate` on the machine at hand (seqvit.plan.calibrate):
+  attention_tflops       the local attention kernel, forward + backward, in model FLOPs (3 x the
+                         forward's 4 n N d per head) per second; absent: peak_tflops x efficiency
+  elementwise_gbs        per precision, bytes of the planner's count of elementwise traffic (layer
+                         norms, GELU, adds, layout copies, the optimizer; estimate.elementwise_traffic)
+                         the model's own ops move per second; absent: that work is left in
+                         `efficiency`
+  cores_per_node         ranks of a node beyond this many share cores; the rates above are those of
+                         one core (one thread per rank)
+  framework_overhead_ms  {step, block, zero3_block}: the framework's own time per optimizer step
+                         and per block and micro-batch (Python, dispatch, hooks), ZeRO-3's extra
+  zero_overhead_gb       runtime memory the ZeRO optimizer (stages 1-3) adds to runtime_overhead_gb
+  precision_overhead_gb  {bf16: GB}: what training in that precision adds to it (other kernels,
+                         DeepSpeed's bf16 optimizer)
+  memory_on_touch        true for host memory: an allocation costs only the pages written (DeepSpeed's
+                         reduce bucket is allocated whole but filled only by the gradients)
+  calibrated             when, with which torch and on which CPU the figures were measured
 """
 
 from __future__ import annotations
 
 import math
 import numbers
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
 from seqvit.errors import SeqvitError
 
-# config/machines of the checkout this package lives in (an editable install), then of the working folder
-_MACHINE_DIRS = (Path(__file__).resolve().parents[3] / "config" / "machines", Path("config") / "machines")
+# Where machine files are found by name: the folder in SEQVIT_MACHINES (the workflow sets its own
+# checkout's config/machines), then config/machines of the working folder (a checkout).
+MACHINES_ENV = "SEQVIT_MACHINES"
+
+
+def _machine_dirs() -> list[Path]:
+    dirs = [Path(os.environ[MACHINES_ENV])] if os.environ.get(MACHINES_ENV) else []
+    return dirs + [Path("config") / "machines"]
+
+
 DEFAULT_MACHINE = "cpu-local"
 _REQUIRED = ("device_memory_gb", "runtime_overhead_gb", "peak_tflops", "efficiency", "devices_per_node", "network")
+
+
+COLLECTIVES = ("all_reduce", "all_gather", "reduce_scatter", "all_to_all")
 
 
 @dataclass(frozen=True)
@@ -29,6 +61,10 @@ class Level:
     ranks: int
     bandwidth: float  # bytes/s per direction per rank
     latency: float  # s per message
+    collectives: dict = field(default_factory=dict)  # kind -> (bandwidth, latency) measured for that collective
+
+    def figures(self, kind: str) -> tuple[float, float]:
+        return self.collectives.get(kind, (self.bandwidth, self.latency))
 
 
 @dataclass(frozen=True)
@@ -43,6 +79,28 @@ class Machine:
     levels: tuple
     node_bandwidth: float  # bytes/s per direction, whole node
     network_latency: float
+    attention_flops: dict = field(default_factory=dict)  # precision -> FLOP/s of the attention kernel
+    elementwise: dict = field(default_factory=dict)  # precision -> bytes/s of elementwise traffic
+    cores_per_node: int = 0  # 0: every rank has its own device
+    step_overhead: float = 0.0  # s per optimizer step
+    block_overhead: float = 0.0  # s per block and micro-batch, forward and backward
+    zero3_block_overhead: float = 0.0  # s per block and micro-batch more under ZeRO-3
+    zero_overhead: float = 0.0  # bytes the ZeRO optimizer's runtime adds
+    precision_overhead: dict = field(default_factory=dict)  # precision -> bytes its runtime adds
+    memory_on_touch: bool = False
+    calibrated: dict = field(default_factory=dict)
+
+    def compute_share(self, ranks_on_node: int, threads: int = 1) -> float:
+        """Cores one rank computes on, in units of the one-core rates of a CPU machine file (1 on devices)."""
+        if not self.cores_per_node:
+            return 1.0
+        return max(min(float(threads), self.cores_per_node / max(ranks_on_node, 1)), 1e-9)
+
+    def attention_rate(self, precision: str) -> float:
+        """FLOP/s of the local attention kernel (forward + backward in model FLOPs)."""
+        if precision in self.attention_flops:
+            return self.attention_flops[precision]
+        return self.peak(precision) * self.efficiency
 
     def peak(self, precision: str) -> float:
         if precision not in self.peak_flops:
@@ -72,12 +130,13 @@ class Machine:
             raise SeqvitError(f"unknown collective {kind!r}")
         level = next((lv for lv in self.levels if lv.ranks >= g), None)
         if level is not None:
-            return inside_bytes / level.bandwidth + steps * level.latency
+            bandwidth, latency = level.figures(kind)
+            return inside_bytes / bandwidth + steps * latency
         per_node = self.devices_per_node
         nodes = math.ceil(g / per_node)
         local = self.levels[-1] if self.levels else None
         # a ring still moves every rank's whole share through its links inside the node
-        inside = inside_bytes / local.bandwidth if local is not None and per_node > 1 else 0.0
+        inside = inside_bytes / local.figures(kind)[0] if local is not None and per_node > 1 else 0.0
         if kind in ("all_gather", "reduce_scatter"):
             # every segment from another node enters each node once
             network_bytes = (g - per_node) * size
@@ -103,14 +162,16 @@ def machine_path(name: str) -> Path:
     given = Path(name)
     if given.suffix in (".yaml", ".yml") and given.is_file():
         return given
-    for folder in _MACHINE_DIRS:
+    folders = _machine_dirs()
+    for folder in folders:
         path = folder / f"{name}.yaml"
         if path.is_file():
             return path
-    known = sorted({p.stem for folder in _MACHINE_DIRS if folder.is_dir() for p in folder.glob("*.yaml")})
+    known = sorted({p.stem for folder in folders if folder.is_dir() for p in folder.glob("*.yaml")})
     raise SeqvitError(
         f"unknown machine {name!r} (config key machine or --machine); use one of {', '.join(known) or '(none found)'} "
-        f"or the path of a machine file like config/machines/frontier.yaml"
+        f"in {', '.join(str(f) for f in folders)}, the path of a machine file like config/machines/frontier.yaml, "
+        f"or run from the checkout (or set {MACHINES_ENV} to its config/machines)"
     )
 
 
@@ -130,12 +191,25 @@ def load_machine(name: str) -> Machine:
     levels = []
     for i, level in enumerate(data.get("levels") or []):
         at = f"{where}: levels[{i}]"
+        collectives = {}
+        for kind, figures in (level.get("collectives") or {}).items():
+            if kind not in COLLECTIVES or not isinstance(figures, dict):
+                raise SeqvitError(
+                    f"{at}: collectives.{kind} must be one of {', '.join(COLLECTIVES)} mapped to "
+                    f"{{bandwidth_gbs, latency_us}}"
+                )
+            inner = f"{at}: collectives.{kind}"
+            collectives[kind] = (
+                _positive(figures, "bandwidth_gbs", inner) * 1e9,
+                _positive(figures, "latency_us", inner) * 1e-6,
+            )
         levels.append(
             Level(
                 str(level.get("name", f"level{i}")),
                 int(_positive(level, "ranks", at)),
                 _positive(level, "bandwidth_gbs", at) * 1e9,
                 _positive(level, "latency_us", at) * 1e-6,
+                collectives,
             )
         )
     levels.sort(key=lambda lv: lv.ranks)
@@ -154,4 +228,46 @@ def load_machine(name: str) -> Machine:
         levels=tuple(levels),
         node_bandwidth=_positive(network, "node_bandwidth_gbs", f"{where}: network") * 1e9,
         network_latency=_positive(network, "latency_us", f"{where}: network") * 1e-6,
+        **_measured(data, where),
     )
+
+
+def _measured(data: dict, where: str) -> dict:
+    """The optional keys `seqvit plan --calibrate` measures (module docstring); absent ones stay 0."""
+    attention = data.get("attention_tflops") or {}
+    if not isinstance(attention, dict):
+        raise SeqvitError(f"{where}: attention_tflops must map precisions to TFLOP/s, e.g. {{bf16: 0.08, fp32: 0.06}}")
+    elementwise = data.get("elementwise_gbs") or {}
+    if not isinstance(elementwise, dict):
+        raise SeqvitError(f"{where}: elementwise_gbs must map precisions to GB/s, e.g. {{bf16: 3, fp32: 6}}")
+    framework = data.get("framework_overhead_ms") or {}
+    unknown = set(framework) - {"step", "block", "zero3_block"}
+    if not isinstance(framework, dict) or unknown:
+        raise SeqvitError(f"{where}: framework_overhead_ms takes step, block and zero3_block (milliseconds)")
+    cores = data.get("cores_per_node")
+    on_touch = data.get("memory_on_touch", False)
+    if not isinstance(on_touch, bool):
+        raise SeqvitError(f"{where}: memory_on_touch must be true or false, got {on_touch!r}")
+    overheads = {k: float(v) for k, v in framework.items()}
+    if any(not v >= 0 for v in overheads.values()):
+        raise SeqvitError(f"{where}: framework_overhead_ms values must not be negative, got {framework}")
+    precision = data.get("precision_overhead_gb") or {}
+    if not isinstance(precision, dict) or any(
+        isinstance(v, bool) or not isinstance(v, numbers.Real) or v < 0 for v in precision.values()
+    ):
+        raise SeqvitError(f"{where}: precision_overhead_gb must map precisions to GB, at least 0, e.g. {{bf16: 0.02}}")
+    zero = data.get("zero_overhead_gb") or 0
+    if isinstance(zero, bool) or not isinstance(zero, numbers.Real) or zero < 0:
+        raise SeqvitError(f"{where}: key zero_overhead_gb must be a number of GB, at least 0, got {zero!r}")
+    return {
+        "attention_flops": {str(k): _positive(attention, k, f"{where}: attention_tflops") * 1e12 for k in attention},
+        "elementwise": {str(k): _positive(elementwise, k, f"{where}: elementwise_gbs") * 1e9 for k in elementwise},
+        "cores_per_node": int(_positive(data, "cores_per_node", where)) if cores is not None else 0,
+        "step_overhead": overheads.get("step", 0.0) * 1e-3,
+        "block_overhead": overheads.get("block", 0.0) * 1e-3,
+        "zero3_block_overhead": overheads.get("zero3_block", 0.0) * 1e-3,
+        "zero_overhead": float(zero) * 1e9,
+        "precision_overhead": {str(k): float(v) * 1e9 for k, v in precision.items()},
+        "memory_on_touch": on_touch,
+        "calibrated": dict(data.get("calibrated") or {}),
+    }

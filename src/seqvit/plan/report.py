@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from seqvit.errors import SeqvitError
 from seqvit.plan.estimate import Plan, cheapest_fix, plan_run, run_shape
 from seqvit.plan.machine import DEFAULT_MACHINE, load_machine
 
@@ -86,14 +87,14 @@ PAPER = "Tsaris et al., *Sequence Length Scaling in Vision Transformers for Scie
 PAPER_NODES, PAPER_EFFICIENCY = 256, 0.94  # the paper's batch-scaling efficiency on 2,048 MI250X GCDs
 DOC_CONFIGS = ("config/frontier-seqscale.yaml", "config/frontier-paper-claims.yaml")
 VALIDATION = Path("docs") / "plan-validation.md"
-# the checkout this package lives in (an editable install), where the shipped configs and docs are
-_CHECKOUT = Path(__file__).resolve().parents[3]
 
 
 def _shipped(relative: str | Path) -> Path:
-    """A file of the checkout (an editable install), else of the working folder."""
-    inside = _CHECKOUT / relative
-    return inside if inside.exists() else Path(relative)
+    """A file of the checkout `seqvit plan --markdown` runs in (its working folder)."""
+    path = Path(relative)
+    if not path.exists():
+        raise SeqvitError(f"{path}: not found; run seqvit plan --markdown in the repository's top folder")
+    return path
 
 
 def scenario_plans(cfg: dict, machine_name: str | None = None) -> list[tuple[dict, Plan]]:
@@ -275,7 +276,7 @@ def _machine_section(names: list[str]) -> list[str]:
 
 def _validation_section() -> list[str]:
     lines = ["## CPU validation: predicted against measured", ""]
-    path = _shipped(VALIDATION)
+    path = VALIDATION
     if not path.is_file():
         return lines + [
             f"Not generated yet: `benchmarks/plan_validation.py` writes `{VALIDATION.as_posix()}` (runs on this "
