@@ -24,7 +24,7 @@ budget is skipped and listed with that reason.
    allocator's peak (torch.cuda.max_memory_allocated) next to the plan's prediction.
 3. two ranks, one device: NCCL refuses two ranks on one GPU (tried, its answer recorded); gloo
    with the device's tensors: which collectives it carries, then a few sp=2 training steps of a
-   small ForecastViT per sequence-parallel method (seqvit.parallel's attention, Shard and its
+   small ForecastViT per sequence-parallel method (seqvit.parallel's attention, StepShare, tests/shard_steps.py and its
    gradient all-reduce), checked against one process, with the device of every collective's
    tensor recorded.
 
@@ -680,7 +680,11 @@ def _sp_training(rank: int, world: int, device, method: str, cfg: dict) -> dict:
     from seqvit.model.vit import ForecastViT
     from seqvit.parallel import groups
     from seqvit.parallel.methods import sequence_parallel_attention
-    from seqvit.parallel.shard import Shard
+    from seqvit.parallel.step_share import StepShare
+
+    # the step written out in plain torch.distributed, as the CPU tests compare it (tests/shard_steps.py)
+    sys.path.insert(0, str(ROOT / "tests"))
+    from shard_steps import average_gradients, replica_rows, segment, segment_loss
 
     def loss_fn(pred, target, weights):
         return ((pred - target) ** 2 * weights).mean()
@@ -702,7 +706,7 @@ def _sp_training(rank: int, world: int, device, method: str, cfg: dict) -> dict:
 
     import inspect
 
-    # the training device goes to build_groups where this checkout's version takes it (Layout.device)
+    # the training device goes to build_groups where this checkout's version takes it (ProcessGrid.device)
     pinned = {"device": device} if "device" in inspect.signature(groups.build_groups).parameters else {}
     layout = groups.build_groups(world, **pinned)
     single, parallel = make(), make()
@@ -714,7 +718,7 @@ def _sp_training(rank: int, world: int, device, method: str, cfg: dict) -> dict:
     lead = torch.tensor([6.0, 24.0], device=device)
     weights = (torch.rand(n, 4, generator=gen) + 0.5).to(device)
     parallel.set_attention_backend(sequence_parallel_attention(method, layout.sp_group, n, cfg["heads"], "sdpa"))
-    shard = Shard.of(layout, n, batch, weights)
+    shard = StepShare.of(layout, n, batch, weights)
     lr = 0.05  # plain SGD, written out: torch.optim's first use imports torch._dynamo (seconds per process)
     seen: dict = {}
     result: dict = {"tokens": n, "segment": [shard.start, shard.stop], "losses_single": [], "losses_sp": []}
@@ -725,14 +729,14 @@ def _sp_training(rank: int, world: int, device, method: str, cfg: dict) -> dict:
         ref_loss = loss_fn(reference, y - x, weights)
         ref_loss.backward()
         with _collective_devices(seen):
-            xs, leads, ys = shard.samples(x, lead, y)
-            loss = shard.loss(parallel, xs, leads, ys, loss_fn)
+            xs, leads, ys = replica_rows(shard, x, lead, y)
+            loss = segment_loss(shard, parallel, xs, leads, ys, loss_fn)
             loss.backward()
-            global_loss = shard.average_gradients(parallel.parameters(), loss)
+            global_loss = average_gradients(shard, parallel.parameters(), loss)
         if step == 0:
             with torch.no_grad(), _collective_devices(seen):
-                out = parallel(*shard.tokens(xs), leads, token_offset=shard.start)
-            rows = shard.samples(reference)[0][:, :, shard.start : shard.stop]
+                out = parallel(*segment(shard, xs), leads, token_offset=shard.start)
+            rows = replica_rows(shard, reference)[0][:, :, shard.start : shard.stop]
             result["output_rel_error"] = _relative(out.detach(), rows.detach())
             grads = {
                 k: _relative(p.grad, dict(single.named_parameters())[k].grad) for k, p in parallel.named_parameters()

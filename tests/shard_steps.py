@@ -9,27 +9,27 @@ import torch
 import torch.distributed as dist
 
 from seqvit.parallel.comm_stats import STATS
-from seqvit.parallel.shard import Shard
+from seqvit.parallel.step_share import StepShare
 
 
-def replica_rows(shard: Shard, *tensors):
+def replica_rows(shard: StepShare, *tensors):
     """This replica's rows of global-batch tensors."""
     lo = shard.layout.dp_rank * shard.local_batch
     return tuple(t[lo : lo + shard.local_batch] for t in tensors)
 
 
-def segment(shard: Shard, *tensors):
+def segment(shard: StepShare, *tensors):
     """This rank's token segment of [B, C, L, P*P] tensors."""
     return tuple(t[:, :, shard.start : shard.stop] for t in tensors)
 
 
-def segment_loss(shard: Shard, model, x, lead, y, loss_fn):
+def segment_loss(shard: StepShare, model, x, lead, y, loss_fn):
     """Scaled loss of this rank's segment for (already this replica's) samples x, lead, y."""
     x, y = segment(shard, x, y)
     return shard.scaled(loss_fn(model(x, lead, token_offset=shard.start), y - x, shard.weights))
 
 
-def average_gradients(shard: Shard, parameters, loss: torch.Tensor) -> float:
+def average_gradients(shard: StepShare, parameters, loss: torch.Tensor) -> float:
     """Average gradients over the world (one all-reduce); returns the global loss."""
     parameters = [p for p in parameters if p.requires_grad]
     flat = torch.cat(

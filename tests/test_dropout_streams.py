@@ -35,8 +35,8 @@ from seqvit.data.tokenize import token_weights
 from seqvit.model.vit import ForecastViT
 from seqvit.parallel import groups
 from seqvit.parallel.methods import sequence_parallel_attention
-from seqvit.parallel.shard import Shard
 from seqvit.parallel.spawn import spawn
+from seqvit.parallel.step_share import StepShare
 from seqvit.train.engine import train, weighted_mse
 from shard_steps import average_gradients, replica_rows, segment_loss
 
@@ -72,7 +72,7 @@ def _parallel_step(layout, method):
         model.set_attention_backend(sequence_parallel_attention(method, layout.sp_group, n, HEADS, kernel="math"))
     torch.manual_seed(groups.rank_seed(SEED, layout))  # from here this rank's own stream, as training does
     x, lead, y, weights = _data()
-    shard = Shard.of(layout, n, BATCH, weights)
+    shard = StepShare.of(layout, n, BATCH, weights)
     with DropoutTape() as tape:
         loss = segment_loss(shard, model, *replica_rows(shard, x, lead, y), weighted_mse)
         loss.backward()

@@ -17,7 +17,7 @@ from seqvit.plan import load_machine, plan_run, run_shape
 from seqvit.plan.walltime import train_job_resources, walltime
 from seqvit.train.slurm import (
     check_slurm_account,
-    job_layout,
+    job_shape,
     predict_resources,
     seqvit_command,
     train_resources,
@@ -146,13 +146,13 @@ def frontier():
 
 def test_partition_follows_node_count_and_walltime(frontier):
     frontier["parallel"]["runs"][1] = {"sp": 64, "dp": 12}  # 96 nodes: past the first batch bin
-    assert job_layout(frontier, 1)["partition"] == "batch"
-    assert job_layout(frontier, 1)["minutes"] == 360  # nothing wanted: the bin's whole limit
+    assert job_shape(frontier, 1)["partition"] == "batch"
+    assert job_shape(frontier, 1)["minutes"] == 360  # nothing wanted: the bin's whole limit
     frontier["cluster"]["train_minutes"] = 120
-    assert job_layout(frontier, 1)["minutes"] == 120
+    assert job_shape(frontier, 1)["minutes"] == 120
     frontier["cluster"]["train_minutes"] = 600
-    assert (job_layout(frontier, 1)["partition"], job_layout(frontier, 1)["minutes"]) == ("batch", 360)
-    assert (job_layout(frontier, 2)["partition"], job_layout(frontier, 2)["minutes"]) == ("extended", 600)
+    assert (job_shape(frontier, 1)["partition"], job_shape(frontier, 1)["minutes"]) == ("batch", 360)
+    assert (job_shape(frontier, 2)["partition"], job_shape(frontier, 2)["minutes"]) == ("extended", 600)
 
 
 def test_debug_qos_for_smoke_tests(frontier):
@@ -165,10 +165,10 @@ def test_debug_qos_for_smoke_tests(frontier):
 def test_impossible_layouts_are_refused(frontier):
     frontier["parallel"]["runs"][2] = {"sp": 12, "dp": 1}
     with pytest.raises(SeqvitError, match="multiple of 8"):
-        job_layout(frontier, 2)
+        job_shape(frontier, 2)
     frontier["parallel"]["runs"][1] = {"sp": 64, "dp": 2000}
     with pytest.raises(SeqvitError, match="16000 nodes"):
-        job_layout(frontier, 1)
+        job_shape(frontier, 1)
 
 
 def test_predict_job_has_the_training_shape_and_its_own_walltime(frontier):

@@ -23,8 +23,8 @@ from seqvit.model.vit import ForecastViT
 from seqvit.parallel import groups
 from seqvit.parallel.comm_stats import STATS, CommStats, expected, trace_collectives
 from seqvit.parallel.methods import sequence_parallel_attention
-from seqvit.parallel.shard import Shard
 from seqvit.parallel.spawn import spawn
+from seqvit.parallel.step_share import StepShare
 from seqvit.train.engine import weighted_mse
 from shard_steps import average_gradients, replica_rows, segment, segment_loss
 
@@ -96,7 +96,7 @@ def _run_case(case, layouts):
     except SeqvitError as exc:
         return {"error": str(exc)}
     model.set_attention_backend(backend)
-    shard = Shard.of(layout, n, batch, weights)
+    shard = StepShare.of(layout, n, batch, weights)
     xs, leads, ys = replica_rows(shard, x, lead, y)
     trace = CommStats()
     with trace_collectives(trace):

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_world_is_sp_contiguous_ranks_times_replicas():
-    layout = groups.Layout(rank=5, world_size=8, sp=4)
+    layout = groups.ProcessGrid(rank=5, world_size=8, sp=4)
     assert (layout.dp, layout.sp_rank, layout.dp_rank) == (2, 1, 1)
     assert layout.sp_ranks() == [4, 5, 6, 7]  # contiguous: inside a node
     assert layout.dp_ranks() == [1, 5]  # same segment in each replica
@@ -81,13 +81,13 @@ def test_a_rank_gets_the_gpu_of_its_local_rank_among_those_it_sees(monkeypatch, 
 
 def test_each_rank_has_its_own_random_stream():
     """Seeds differ between the ranks of a 2 x 3 grid, and between runs; they depend on nothing else."""
-    world = [groups.Layout(rank=r, world_size=6, sp=2) for r in range(6)]
+    world = [groups.ProcessGrid(rank=r, world_size=6, sp=2) for r in range(6)]
     seeds = [groups.rank_seed(0, layout) for layout in world]
     assert len(set(seeds)) == 6
     assert [groups.rank_seed(0, layout) for layout in world] == seeds  # reproducible
     assert not set(seeds) & {groups.rank_seed(1, layout) for layout in world}
     # the stream follows the rank's coordinates (dp rank, sp rank), not the world it sits in
-    assert groups.rank_seed(0, groups.Layout(rank=1, world_size=2, sp=2)) == seeds[1]
+    assert groups.rank_seed(0, groups.ProcessGrid(rank=1, world_size=2, sp=2)) == seeds[1]
     assert groups.rank_seed(-3, groups.SINGLE) >= 0  # any integer seed of the schema
 
 

@@ -24,8 +24,8 @@ from seqvit.model.vit import ForecastViT
 from seqvit.parallel import groups
 from seqvit.parallel.comm_stats import STATS, CommStats, expected, trace_collectives
 from seqvit.parallel.methods import sequence_parallel_attention
-from seqvit.parallel.shard import Shard
 from seqvit.parallel.spawn import spawn
+from seqvit.parallel.step_share import StepShare
 from seqvit.train.engine import weighted_mse
 from shard_steps import average_gradients, replica_rows, segment, segment_loss
 
@@ -87,7 +87,7 @@ def _run_case(case, layouts):
         method, layout.sp_group, n, heads, "sdpa", uneven, inner, layout.inner_group, layout.outer_group
     )
     model.set_attention_backend(backend)
-    shard = Shard.of(layout, n, batch, weights)
+    shard = StepShare.of(layout, n, batch, weights)
     xs, leads, ys = replica_rows(shard, x, lead, y)
     out = model(*segment(shard, xs), leads, token_offset=shard.start)
     loss = segment_loss(shard, model, xs, leads, ys, weighted_mse)

@@ -14,7 +14,7 @@ from seqvit.config import validate
 from seqvit.data.tokenize import tokenize
 from seqvit.errors import SeqvitError
 from seqvit.model.vit import Block, build_model
-from seqvit.model.window import WindowLayout, window_attention
+from seqvit.model.window import BlockWindows, window_attention
 from seqvit.train.engine import train
 
 
@@ -78,7 +78,7 @@ def test_windows_equal_full_attention_masked_to_the_same_windows(shifted):
     window_of = [band[r] * 3 + column[c] for r in range(rows) for c in range(cols)]
     torch.manual_seed(1)
     q, k, v = (torch.randn(2, rows * cols, 3, 8) for _ in range(3))
-    got = window_attention(q, k, v, WindowLayout(rows, cols, 4, shifted), backend="math")
+    got = window_attention(q, k, v, BlockWindows(rows, cols, 4, shifted), backend="math")
     torch.testing.assert_close(got, _masked_reference(q, k, v, window_of))  # float32 rounding
 
 
@@ -100,7 +100,7 @@ DEPENDENCIES = [
 def test_output_depends_on_its_window_only(token, shifted, expected):
     torch.manual_seed(2)
     rows = cols = 8
-    block = Block(16, 2, 2.0, 0.0, "math", WindowLayout(rows, cols, 4, shifted)).double()
+    block = Block(16, 2, 2.0, 0.0, "math", BlockWindows(rows, cols, 4, shifted)).double()
     x = torch.randn(1, rows * cols, 16, dtype=torch.float64, requires_grad=True)
     out = block(x)
     r, c = token
@@ -202,10 +202,10 @@ def test_window_attention_is_refused_under_sequence_parallelism(store, tmp_path)
 
 def test_window_layout_sizes():
     # independent of the code: count the windows by hand on 8 x 12 tokens, windows of 4
-    plain, shifted = WindowLayout(8, 12, 4, False), WindowLayout(8, 12, 4, True)
+    plain, shifted = BlockWindows(8, 12, 4, False), BlockWindows(8, 12, 4, True)
     assert plain.attention_pairs() == 6 * 16**2
     # shifted: 3 windows of 2 x 4 at each pole, 3 of 4 x 4 in between
     assert shifted.attention_pairs() == 6 * 8**2 + 3 * 16**2
     assert shifted.bands() == [(0, 2, 2), (2, 6, 4), (6, 8, 2)]
     # an axis of a single window is not shifted: 4 x 8 tokens with windows of 4 shift in longitude only
-    assert (WindowLayout(4, 8, 4, True).row_shift, WindowLayout(4, 8, 4, True).col_shift) == (0, 2)
+    assert (BlockWindows(4, 8, 4, True).row_shift, BlockWindows(4, 8, 4, True).col_shift) == (0, 2)

@@ -25,7 +25,7 @@ _ABSENT = np.uint64(2**64 - 1)
 _INDEX_CACHE = 1024
 
 
-class _ShardLayout:
+class _ZarrShards:
     """Where the inner chunks of a tokens array lie, for the layout tokenize() writes: zarr v3
     sharding, index at the end, inner chunks of one time x all channels x a token segment x all
     pixels, stored as raw little-endian float32. Reading those with os.pread skips zarr's per-chunk
@@ -160,7 +160,7 @@ class TokenStore:
     def _open(self):
         if self._array is None:
             self._array = zarr.open_array(self.path / "tokens", mode="r")
-            self._layout = _ShardLayout.of(self.path / "tokens")
+            self._layout = _ZarrShards.of(self.path / "tokens")
             if len(self._array.shape) != 4:
                 raise SeqvitError(
                     f"{self.path}: tokens array of shape {self._array.shape} is not (time, channel, token, pixel)"

@@ -33,7 +33,7 @@ from torch import nn
 
 from seqvit.errors import SeqvitError
 from seqvit.model.attention import attention
-from seqvit.model.window import PATTERNS, WindowLayout, check_window, layouts, window_attention
+from seqvit.model.window import PATTERNS, BlockWindows, check_window, layouts, window_attention
 from seqvit.patches import check_patch_size
 
 
@@ -142,7 +142,7 @@ class Block(nn.Module):
         mlp_ratio: float,
         dropout: float,
         attention_backend,
-        window: WindowLayout | None = None,
+        window: BlockWindows | None = None,
     ):
         super().__init__()
         self.num_heads = num_heads
@@ -208,7 +208,7 @@ class ForecastViT(nn.Module):
         self.num_tokens = grid_rows * grid_cols
         self.token_grid = (grid_rows, grid_cols)
         self.attention_pattern = attention_pattern
-        windows: list[WindowLayout | None] = [None] * depth
+        windows: list[BlockWindows | None] = [None] * depth
         if attention_pattern == "window":
             context = f" of patch size {patch_size} on the {self.grid_shape[0]} x {self.grid_shape[1]} grid"
             check_window(grid_rows, grid_cols, window_size, context)

@@ -52,7 +52,7 @@ def check_window(token_rows: int, token_cols: int, window_size, context: str = "
 
 
 @dataclass(frozen=True)
-class WindowLayout:
+class BlockWindows:
     """Where the windows of one block lie on a token grid of rows x cols tokens."""
 
     rows: int
@@ -88,12 +88,12 @@ class WindowLayout:
         )
 
 
-def layouts(rows: int, cols: int, size: int, depth: int) -> list[WindowLayout]:
+def layouts(rows: int, cols: int, size: int, depth: int) -> list[BlockWindows]:
     """The window layout of each of `depth` blocks: unshifted, shifted, unshifted, ..."""
-    return [WindowLayout(rows, cols, size, shifted=bool(index % 2)) for index in range(depth)]
+    return [BlockWindows(rows, cols, size, shifted=bool(index % 2)) for index in range(depth)]
 
 
-def window_attention(q, k, v, layout: WindowLayout, backend="sdpa", dropout_p: float = 0.0):
+def window_attention(q, k, v, layout: BlockWindows, backend="sdpa", dropout_p: float = 0.0):
     """attention() within the windows of `layout`, for q, k, v [batch, rows*cols, heads, head_dim]
     in row-major token order; returns the same shape and order."""
     batch, seq, heads, head_dim = q.shape

@@ -2,12 +2,12 @@
 
 World = P x D ranks. Sequence-parallel groups are P contiguous ranks (so they sit inside a node
 when P divides the ranks per node): {d*P, ..., d*P + P - 1} for replica d. The ranks holding the
-same segment are {s, s + P, s + 2P, ...} (Layout.dp_ranks); they need no group of their own,
+same segment are {s, s + P, s + 2P, ...} (ProcessGrid.dp_ranks); they need no group of their own,
 because gradients are averaged over the whole world (sequence and data ranks together, LSS's
 "double gradient averaging"; it is also what Ulysses needs, see train/engine.py).
 
 The backend of the process group follows the training device (backend_for), and every
-collective of training runs on tensors of that device (Layout.device).
+collective of training runs on tensors of that device (ProcessGrid.device).
 
 A rank of sequence-parallel group d holds a contiguous segment of the token sequence
 (segment_bounds): with tokens row-major over the patch grid, a latitude stripe.
@@ -15,7 +15,7 @@ A rank of sequence-parallel group d holds a contiguous segment of the token sequ
 Two-level methods (TWO_LEVEL, parallel.sp_inner = I > 1): inside each sequence-parallel group,
 inner groups of I adjacent ranks (the Ulysses all-to-all; adjacent so that they share a node
 first) and outer groups of the P / I ranks with the same inner index, I apart (LSS or ring over
-the tokens the inner exchange gathered). Layout.inner_group / outer_group hold this rank's.
+the tokens the inner exchange gathered). ProcessGrid.inner_group / outer_group hold this rank's.
 
 Everything that can be wrong with a layout (world size, heads, sequence length, batch) is
 checked by check_layout before any step runs, with the fix in the message.
@@ -54,7 +54,7 @@ DEFAULT_PORT = 29500
 
 
 @dataclass(frozen=True)
-class Layout:
+class ProcessGrid:
     """Where this process sits in the P x D grid of ranks, and its groups (None: one process).
 
     `device` is the training device of this process, and the device of every tensor it hands to a
@@ -99,7 +99,7 @@ class Layout:
         return list(range(self.sp_rank, self.world_size, self.sp))
 
 
-SINGLE = Layout()
+SINGLE = ProcessGrid()
 
 
 def launcher_env(environ=None) -> dict:
@@ -224,10 +224,10 @@ def check_world(world_size: int, sp: int, local_world_size: int | None = None) -
 
 def build_groups(
     sp: int, local_world_size: int | None = None, device: torch.device = SINGLE.device, sp_inner: int = 1
-) -> Layout:
+) -> ProcessGrid:
     """Sequence-parallel groups over an initialized default process group (every rank must call this).
 
-    device: the training device of this process (Layout.device); the default group must have a
+    device: the training device of this process (ProcessGrid.device); the default group must have a
     backend for it. sp_inner > 1 also builds the inner and outer groups of the two-level methods.
     """
     if not dist.is_initialized():
@@ -243,7 +243,7 @@ def build_groups(
             sp_group = group
     inner_group, outer_group = two_level_groups(sp, sp_inner) if sp_inner > 1 else (None, None)
     local_rank = int(os.environ.get("LOCAL_RANK", rank))
-    return Layout(
+    return ProcessGrid(
         rank=rank,
         world_size=world,
         sp=sp,
@@ -334,11 +334,11 @@ def _pin_device(device_type: str, local_rank: int) -> torch.device:
 
 def init_distributed(
     sp: int, device_type: str = "cpu", timeout_s: float = 1800.0, environ=None, sp_inner: int = 1
-) -> Layout:
-    """Layout of this process from the launcher's environment; initializes torch.distributed and groups.
+) -> ProcessGrid:
+    """ProcessGrid of this process from the launcher's environment; initializes torch.distributed and groups.
 
     device_type: where training runs (cpu, cuda); it picks the backend (backend_for) and, on a
-    GPU, the device of this rank (local rank modulo the visible GPUs), recorded as Layout.device.
+    GPU, the device of this rank (local rank modulo the visible GPUs), recorded as ProcessGrid.device.
     World size 1 with sp 1 needs no process group; sp > 1 in one process is an error that names
     the launch command.
     """
@@ -366,7 +366,7 @@ def init_distributed(
     return build_groups(sp, info["local_world_size"], device, sp_inner=sp_inner if sp > 1 else 1)
 
 
-def rank_seed(seed: int, layout: Layout) -> int:
+def rank_seed(seed: int, layout: ProcessGrid) -> int:
     """Seed of this rank's own random stream, from the run seed and its (dp rank, sp rank).
 
     Ranks hold different samples (data parallel) and token segments (sequence parallel): their

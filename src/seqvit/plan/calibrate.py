@@ -324,7 +324,7 @@ def _run_config(shape: RunShape) -> dict:
 def _train_one(shape: RunShape, rank: int, steps: int, warmup: int, deepspeed) -> dict:
     from seqvit.model.vit import build_model
     from seqvit.parallel import groups
-    from seqvit.parallel.shard import Shard
+    from seqvit.parallel.step_share import StepShare
     from seqvit.train import engine
 
     cfg = _run_config(shape)
@@ -338,7 +338,7 @@ def _train_one(shape: RunShape, rank: int, steps: int, warmup: int, deepspeed) -
     if layout.distributed:
         engine._sequence_parallel(cfg, layout, model, p)
     tokens = model.num_tokens
-    shard = Shard.of(layout, tokens, shape.batch_size, torch.full((tokens, p * p), 1.0 / tokens))
+    shard = StepShare.of(layout, tokens, shape.batch_size, torch.full((tokens, p * p), 1.0 / tokens))
     optimizer = torch.optim.AdamW(model.weight_decay_groups(0.05), lr=1e-4, betas=(0.9, 0.95))
     ds_config = engine.deepspeed_config(cfg["train"], shard.local_batch)
     eng, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)

@@ -352,7 +352,7 @@ with a run that does not fit, and gives every training job a walltime from the p
   fits; `--max-nodes M` for more). The model, the global batch, the precision and the attention
   kernel stay as configured. A layout is tried only if training would accept it: the checks
   training runs (`parallel/groups.py` `check_layout`: heads divisible by sp for Ulysses, tokens,
-  world and batch; the accumulation; `train/slurm.py` `job_layout`: sequence-parallel groups fill
+  world and batch; the accumulation; `train/slurm.py` `job_shape`: sequence-parallel groups fill
   whole nodes, a partition takes the nodes) are called, not restated. Methods with the very same
   prediction (Ulysses and DeepSpeed's Ulysses) share a row.
 - `seqvit plan --markdown [PATH]` writes this document (default `docs/scale.md`) from

@@ -6,7 +6,7 @@ A layout is: sequence-parallel degree and method, data-parallel replicas, gradie
 (train.batch_size), the precision and the attention kernel stay as the config has them. A layout
 is tried only when training would accept it: parallel/groups.py check_layout (heads for Ulysses,
 tokens, world and batch), RunShape.check (accumulation), and, for a config with a cluster
-section, train/slurm.py job_layout (sequence-parallel groups fill whole nodes, a partition takes
+section, train/slurm.py job_shape (sequence-parallel groups fill whole nodes, a partition takes
 the nodes). Sequence-parallel degrees tried: the divisors of a node's devices, then whole nodes,
 doubling.
 """
@@ -95,7 +95,7 @@ def question_shape(cfg: dict, patch_size: int | None = None, tokens: int | None 
 def check_accepted(shape: RunShape, cfg: dict) -> None:
     """Raise SeqvitError when training would refuse this layout (the checks it runs, reused)."""
     from seqvit.parallel.groups import check_layout
-    from seqvit.train.slurm import job_layout
+    from seqvit.train.slurm import job_shape
 
     check_layout(
         num_tokens=shape.tokens,
@@ -109,7 +109,7 @@ def check_accepted(shape: RunShape, cfg: dict) -> None:
     shape.check()
     if cfg.get("cluster"):
         runs = {shape.patch_size: {"sp": shape.sp, "dp": shape.dp}}
-        job_layout({**cfg, "parallel": {**(cfg.get("parallel") or {}), "runs": runs}}, shape.patch_size)
+        job_shape({**cfg, "parallel": {**(cfg.get("parallel") or {}), "runs": runs}}, shape.patch_size)
 
 
 def _accepted(shape: RunShape, cfg: dict) -> bool:

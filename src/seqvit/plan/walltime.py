@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from seqvit.config import load_schema
 from seqvit.errors import SeqvitError
 from seqvit.plan.report import plan_config
-from seqvit.train.slurm import describe_sbatch, job_layout, pinned_minutes, train_resources
+from seqvit.train.slurm import describe_sbatch, job_shape, pinned_minutes, train_resources
 
 
 @dataclass(frozen=True)
@@ -70,7 +70,7 @@ def walltime(cfg: dict, patch_size: int) -> Walltime:
     """The walltime plan of the run with this patch size (its plan on the config's machine)."""
     pinned = pinned_minutes(cfg, patch_size)
     if pinned is not None:
-        limit = job_layout(cfg, patch_size, pinned)["limit"]
+        limit = job_shape(cfg, patch_size, pinned)["limit"]
         return Walltime(patch_size, pinned, 0.0, 0.0, limit, 1)
     margin = float(_cluster_setting(cfg, "walltime_margin"))
     startup = float(_cluster_setting(cfg, "startup_minutes"))
@@ -79,7 +79,7 @@ def walltime(cfg: dict, patch_size: int) -> Walltime:
     training = int(cfg["train"]["steps"]) * plan.step_seconds * (1 + margin) / 60
     overhead = startup + signal
     # the partition that takes the whole run in one job if any does, else the first that takes the nodes
-    limit = job_layout(cfg, patch_size, math.ceil(training + overhead))["limit"]
+    limit = job_shape(cfg, patch_size, math.ceil(training + overhead))["limit"]
     if limit is not None and limit <= overhead:
         raise SeqvitError(
             f"run p={patch_size}: a job of {limit} minutes (its partition's limit) leaves no time to train after "

@@ -82,7 +82,7 @@ class StopRequest:
     def pending(self, distributed: bool, device: torch.device | None = None) -> bool:
         """True on every rank when any rank got a stop signal (one tiny all-reduce when distributed).
 
-        device: the training device (Layout.device), the one the group's backend serves; NCCL has
+        device: the training device (ProcessGrid.device), the one the group's backend serves; NCCL has
         none for host tensors.
         """
         flag = self.received is not None

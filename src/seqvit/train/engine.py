@@ -4,7 +4,7 @@ One process, or P x D processes under torchrun / srun (config section `parallel`
 splits each sample's token sequence over P sequence-parallel ranks (parallel.sp, method
 parallel.sp_method) and the global batch over D data-parallel replicas. Each rank's loader
 reads only its replica's samples and its token segment (data/loader.py); the loss of a rank is
-that of its segment with the global latitude weights (parallel/shard.py), so the mean of the
+that of its segment with the global latitude weights (parallel/step_share.py), so the mean of the
 per-rank losses over the world is the loss of the whole global batch. DeepSpeed is given no
 model-parallel unit: it averages gradients over the whole world, which is exactly the gradient
 of that mean, and ZeRO (train.zero_stage 0-3) partitions optimizer states, gradients and
@@ -42,7 +42,7 @@ from seqvit.io import atomic_path
 from seqvit.model.attention import check_backend
 from seqvit.model.vit import build_model
 from seqvit.parallel import groups
-from seqvit.parallel.shard import Shard
+from seqvit.parallel.step_share import StepShare
 from seqvit.provenance.code import stage_hash
 from seqvit.runs import run_config, run_parallelism
 from seqvit.train import throughput
@@ -143,7 +143,7 @@ def _save(obj, path: Path) -> None:
         torch.save(obj, tmp)
 
 
-def _start_process_group(sp: int, device_type: str) -> tuple[groups.Layout, bool, dict]:
+def _start_process_group(sp: int, device_type: str) -> tuple[groups.ProcessGrid, bool, dict]:
     """This process's place in the world; a one-process group when there is no launcher (DeepSpeed needs one).
 
     Also returns the launcher variables set for DeepSpeed (it looks for them and otherwise tries
@@ -383,7 +383,7 @@ class _Trainer:
         if layout.distributed:
             _sequence_parallel(cfg, layout, model, self.patch_size)
         self.model = model
-        self.shard = Shard.of(layout, model.num_tokens, self.batch_size, weights)
+        self.shard = StepShare.of(layout, model.num_tokens, self.batch_size, weights)
         self.segment = (self.shard.start, self.shard.stop)
         self.batches = SegmentBatches(self.store, self.train_index, self.order, layout.dp, layout.dp_rank, self.segment)
 

@@ -129,7 +129,7 @@ def prediction_sp(cfg: dict, patch_size: int, world_size: int, sp: int | None = 
     return 1 if world_size == 1 else run_parallelism(cfg, patch_size)[0]
 
 
-def _start(cfg: dict, model, patch_size: int, sp: int | None) -> tuple[groups.Layout, bool]:
+def _start(cfg: dict, model, patch_size: int, sp: int | None) -> tuple[groups.ProcessGrid, bool]:
     """This process's layout (process group and device, as in training) and whether it made the group."""
     world = groups.launcher_env()["world_size"]
     sp = prediction_sp(cfg, patch_size, world, sp)
@@ -274,7 +274,7 @@ class _Predictor:
     mean: np.ndarray
     std: np.ndarray
 
-    def __init__(self, model, layout: groups.Layout, index: SplitIndex, store: TokenStore, patch_size: int, dtype):
+    def __init__(self, model, layout: groups.ProcessGrid, index: SplitIndex, store: TokenStore, patch_size: int, dtype):
         self.model, self.layout, self.index, self.store = model, layout, index, store
         self.patch_size, self.dtype = patch_size, dtype
         self.segment = groups.segment_bounds(model.num_tokens, layout.sp, layout.sp_rank)

@@ -29,7 +29,7 @@ def pinned_minutes(cfg: dict, patch_size: int) -> int | None:
     return None if value is None else int(value)
 
 
-def job_layout(cfg: dict, patch_size: int, minutes: int | None = None) -> dict:
+def job_shape(cfg: dict, patch_size: int, minutes: int | None = None) -> dict:
     """Tasks, nodes, partition, QoS and minutes of the training job for one patch size.
 
     minutes: the walltime wanted (seqvit.plan.walltime predicts it); None: the one the config
@@ -96,11 +96,11 @@ def job_layout(cfg: dict, patch_size: int, minutes: int | None = None) -> dict:
 def train_resources(cfg: dict, patch_size: int, minutes: int | None = None) -> dict:
     """Snakemake resources of the train job (sbatch options through the Slurm executor).
 
-    minutes: the walltime wanted, as for job_layout; without it and without a pinned walltime
+    minutes: the walltime wanted, as for job_shape; without it and without a pinned walltime
     or a partition there is no runtime resource (seqvit.plan.walltime passes the prediction).
     """
     cluster = cfg.get("cluster") or {}
-    layout = job_layout(cfg, patch_size, minutes)
+    layout = job_shape(cfg, patch_size, minutes)
     resources = {"nodes": layout["nodes"]}
     if layout["minutes"] is not None:
         resources["runtime"] = layout["minutes"]
@@ -153,13 +153,13 @@ def predict_resources(cfg: dict, patch_size: int) -> dict:
 
 def _uses_srun(cfg: dict, patch_size: int) -> bool:
     launcher = (cfg.get("cluster") or {}).get("launcher", "none")
-    return launcher == "srun" and job_layout(cfg, patch_size)["world"] > 1
+    return launcher == "srun" and job_shape(cfg, patch_size)["world"] > 1
 
 
 def seqvit_command(cfg: dict, patch_size: int) -> str:
     """The start of the train job's shell command, up to and including the `seqvit` program."""
     cluster = cfg.get("cluster") or {}
-    layout = job_layout(cfg, patch_size)
+    layout = job_shape(cfg, patch_size)
     parts = []
     if cluster.get("env_script"):
         parts.append(f"source {shlex.quote(str(cluster['env_script']))} &&")

@@ -26,8 +26,8 @@ from seqvit.parallel import groups
 
 
 @dataclass
-class Shard:
-    layout: groups.Layout
+class StepShare:
+    layout: groups.ProcessGrid
     num_tokens: int
     batch_size: int
     weights: torch.Tensor  # [stop - start, P*P], this segment of the global weights
@@ -40,7 +40,9 @@ class Shard:
         self.local_batch = self.batch_size // self.layout.dp
 
     @classmethod
-    def of(cls, layout: groups.Layout, num_tokens: int, batch_size: int, global_weights: torch.Tensor) -> "Shard":
+    def of(
+        cls, layout: groups.ProcessGrid, num_tokens: int, batch_size: int, global_weights: torch.Tensor
+    ) -> "StepShare":
         start, stop = groups.segment_bounds(num_tokens, layout.sp, layout.sp_rank)
         return cls(layout, num_tokens, batch_size, global_weights[start:stop])
 
