@@ -31,6 +31,7 @@ from __future__ import annotations
 import math
 import numbers
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -271,3 +272,19 @@ def _measured(data: dict, where: str) -> dict:
         "memory_on_touch": on_touch,
         "calibrated": dict(data.get("calibrated") or {}),
     }
+
+
+def device_peaks(device_name: str) -> tuple[dict[str, float], str] | None:
+    """Peak dense TFLOP/s per precision of the device torch names `device_name`, from the machine
+    file whose device_names pattern matches it, with a description of the source; None if none does."""
+    for folder in _machine_dirs():
+        for path in sorted(folder.glob("*.yaml")) if folder.is_dir() else []:
+            try:
+                data = yaml.safe_load(path.read_text()) or {}
+            except yaml.YAMLError as exc:
+                raise SeqvitError(f"{path}: not valid YAML: {exc}") from exc
+            pattern = data.get("device_names")
+            if pattern and re.search(str(pattern), device_name):
+                peaks = {str(k): float(v) for k, v in (data.get("peak_tflops") or {}).items()}
+                return peaks, f"{path} ({data.get('description', data.get('name', path.stem))})"
+    return None

@@ -8,9 +8,9 @@ FLOP/s of one device over that device's peak. Elementwise work (layer norms, sof
 adds, biases) is left out, as in the peak it is compared with.
 
 The peak of a device comes from, in order: the config key train.peak_tflops; on a GPU, the
-vendor's dense matrix figure for its name (_GPU_PEAKS); on a CPU, square matmuls timed in this
-process (measured_cpu_peak_tflops), the machine's practical peak for the thread count training
-uses.
+vendor's dense matrix figure in the machine file whose device_names matches its name
+(config/machines, the planner's files too); on a CPU, square matmuls timed in this process
+(measured_cpu_peak_tflops), the machine's practical peak for the thread count training uses.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ import functools
 import inspect
 import math
 import numbers
-import re
 import time
 from dataclasses import dataclass
 
@@ -220,18 +219,6 @@ def _dtype_key(dtype) -> str:
     return _DTYPE_KEYS[_DTYPES[name]]
 
 
-# Dense matrix peaks of one device, TFLOP/s, from the vendors' data sheets. An MI250X is two GCDs,
-# each its own device and rank (Frontier runs 8 per node): the package's 383 bf16 / 95.7 fp32
-# matrix TFLOP/s halved. H100 SXM: 989 bf16/fp16 dense (the 1979 figure assumes 2:4 sparsity), 67
-# fp32 without tensor cores. H200 has the H100 SXM's compute. PCIe and NVL boards have lower clocks
-# and are deliberately not matched: they need train.peak_tflops.
-_GPU_PEAKS = (
-    (re.compile(r"MI250X"), "AMD Instinct MI250X, one GCD", {"bf16": 191.5, "fp16": 191.5, "fp32": 47.9}),
-    (re.compile(r"\bH100\b(?!.*(?:PCIe|NVL))"), "NVIDIA H100 SXM", {"bf16": 989.0, "fp16": 989.0, "fp32": 67.0}),
-    (re.compile(r"\bH200\b(?!.*NVL)"), "NVIDIA H200 SXM", {"bf16": 989.0, "fp16": 989.0, "fp32": 67.0}),
-)
-
-
 def _device_name(device: torch.device) -> str:
     return torch.cuda.get_device_name(device)
 
@@ -239,8 +226,9 @@ def _device_name(device: torch.device) -> str:
 def peak_tflops(train_cfg: dict, device, dtype) -> tuple[float, str]:
     """(peak dense TFLOP/s of one device, where the figure came from) for MFU.
 
-    Order: config key train.peak_tflops; a GPU's entry in the table of known devices (others
-    must set train.peak_tflops); on CPU, matmuls timed here with train.threads threads.
+    Order: config key train.peak_tflops; for a GPU, the data-sheet figures of the machine file
+    whose device_names matches its name (config/machines/*.yaml, seqvit.plan.machine.device_peaks;
+    others must set train.peak_tflops); on CPU, matmuls timed here with train.threads threads.
     """
     train_cfg = train_cfg or {}
     key = _dtype_key(dtype)
@@ -253,12 +241,13 @@ def peak_tflops(train_cfg: dict, device, dtype) -> tuple[float, str]:
         return float(configured), "config key train.peak_tflops"
     device = torch.device(device)
     if device.type == "cuda":  # also ROCm, which torch presents as cuda
+        from seqvit.plan.machine import device_peaks
+
         name = _device_name(device)
-        for pattern, label, peaks in _GPU_PEAKS:
-            if pattern.search(name):
-                if key not in peaks:
-                    break
-                return peaks[key], f"data sheet of the {label} ({key} dense), device {name!r}"
+        found = device_peaks(name)
+        if found is not None and key in found[0]:
+            peaks, source = found
+            return peaks[key], f"data sheet in {source} ({key} dense), device {name!r}"
         raise SeqvitError(
             f"no peak {key} TFLOP/s known for the GPU {name!r}; set config key train.peak_tflops to the dense {key} "
             f"matrix TFLOP/s of one device from its data sheet (e.g. --set train.peak_tflops=312)"
