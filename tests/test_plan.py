@@ -289,9 +289,7 @@ def test_plan_runs_on_every_shipped_config(path, capsys):
         assert code in (0, 1) and "summary" in out
 
 
-def test_machine_files_are_found_by_name_in_the_working_checkout_or_where_seqvit_machines_points(
-    tmp_path, monkeypatch
-):
+def test_machine_files_are_found_by_name_in_the_working_checkout_or_where_seqvit_machines_points(tmp_path, monkeypatch):
     from seqvit.plan.machine import machine_path
 
     monkeypatch.delenv("SEQVIT_MACHINES", raising=False)
@@ -302,3 +300,13 @@ def test_machine_files_are_found_by_name_in_the_working_checkout_or_where_seqvit
     monkeypatch.setenv("SEQVIT_MACHINES", str(ROOT / "config" / "machines"))
     assert machine_path("frontier") == ROOT / "config" / "machines" / "frontier.yaml"
     assert load_machine("frontier").devices_per_node == 8
+
+
+def test_mfu_on_a_cpu_counts_every_core_a_rank_computes_on():
+    # one rank with two threads on a two-core machine file: its peak is twice the one-core peak
+    cfg = _cfg(DEMO, "train.threads=2")
+    machine = load_machine("cpu-local")
+    plan = plan_run(run_shape(cfg, 8), machine)
+    one_core = machine.peak(plan.shape.precision)
+    assert plan.mfu == pytest.approx(plan.flops["model_per_rank"] / plan.step_seconds / (2 * one_core))
+    assert 0 < plan.mfu <= 1

@@ -228,7 +228,12 @@ class Plan:
 
     @property
     def mfu(self) -> float:
-        return self.flops["model_per_rank"] / self.step_seconds / self.machine.peak(self.shape.precision)
+        """Model FLOP/s of a rank over the peak of what it computes on (on a CPU machine file, the
+        one-core peak times the cores the rank gets: compute_share)."""
+        s = self.shape
+        on_node = min(s.world, self.machine.devices_per_node)
+        share = self.machine.compute_share(on_node, max(1, s.threads // on_node))
+        return self.flops["model_per_rank"] / self.step_seconds / (self.machine.peak(s.precision) * share)
 
 
 # DeepSpeed's zero_optimization.reduce_bucket_size default (elements); train/engine.py does not set it
