@@ -341,3 +341,20 @@ def test_the_walltime_policy_is_outside_the_training_code():
 
     closure = import_closure("train.engine", "train.slurm")
     assert "train.slurm" in closure and not [m for m in closure if m == "plan" or m.startswith("plan.")]
+
+
+def test_torchrun_hands_every_option_of_the_train_and_predict_commands_to_seqvit():
+    """torchrun's own parser takes an option of the script's that abbreviates one of its own (it
+    once read --run as --run-path): every option the rules pass must reach seqvit."""
+    import re
+
+    from torch.distributed.run import get_args_parser
+
+    text = (ROOT / "workflow" / "rules" / "train.smk").read_text()
+    for command in ("train", "predict"):
+        shell = re.search(rf'"\{{params.seqvit\}} {command} ([^"]+)"', text).group(1)
+        options = [word for word in shell.split() if word.startswith("--")]
+        argv = ["--standalone", "--nproc-per-node", "2", "-m", "seqvit.cli", command, *options]
+        args = get_args_parser().parse_args(argv)
+        assert args.training_script == "seqvit.cli"
+        assert args.training_script_args == [command, *options], command

@@ -112,13 +112,13 @@ def cmd_train(args):
 
 
 def _run(lay, cfg: dict, args) -> tuple[Path, dict]:
-    """(run folder, config) of --run NAME (its window and seed applied), or of the patch size's full run."""
+    """(run folder, config) of --run-name NAME (its window and seed applied), or of the patch size's full run."""
     if not getattr(args, "run", None):
         return lay.run_dir(args.patch_size), cfg
     lay.check_sweep()
     run = lay.run(args.run)
     if run.patch_size != args.patch_size:
-        raise SeqvitError(f"--run {args.run} has patch size {run.patch_size}, not --patch-size {args.patch_size}")
+        raise SeqvitError(f"--run-name {args.run} has patch size {run.patch_size}, not --patch-size {args.patch_size}")
     return lay.run_dir(run), lay.run_config(args.run)
 
 
@@ -319,7 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
         "of each sample is split over P processes",
     )
     p.add_argument("--patch-size", type=int, required=True, metavar="P")
-    p.add_argument("--run", metavar="NAME", help=_RUN_HELP)
+    p.add_argument("--run-name", dest="run", metavar="NAME", help=_RUN_HELP)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument(
         "--restart-if-changed",
@@ -339,7 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--sp", type=int, default=None, metavar="P", help="sequence-parallel ranks per sample (default: the run's)"
     )
-    p.add_argument("--run", metavar="NAME", help=_RUN_HELP)
+    p.add_argument("--run-name", dest="run", metavar="NAME", help=_RUN_HELP)
 
     p = stage("baseline", cmd_baseline, "forecast the test years with a baseline")
     p.add_argument("--name", required=True, choices=["climatology", "persistence", "linear"])

@@ -62,7 +62,7 @@ rule train:
     message:
         "Training the ViT {params.name} on {wildcards.p} x {wildcards.p} patches (on Slurm: {resources.sbatch})"
     shell:
-        "{params.seqvit} train --config {params.config:q} {params.run} --patch-size {wildcards.p} --run {params.name} --quiet --restart-if-changed > {log:q} 2>&1"
+        "{params.seqvit} train --config {params.config:q} {params.run} --patch-size {wildcards.p} --run-name {params.name} --quiet --restart-if-changed > {log:q} 2>&1"
 
 
 rule predict:
@@ -97,4 +97,4 @@ rule predict:
     message:
         "Forecasting the test years with the ViT {params.name} (on Slurm: {resources.sbatch})"
     shell:
-        "{params.seqvit} predict --config {params.config:q} --patch-size {wildcards.p} --run {params.name} > {log:q} 2>&1"
+        "{params.seqvit} predict --config {params.config:q} --patch-size {wildcards.p} --run-name {params.name} > {log:q} 2>&1"
