@@ -14,6 +14,8 @@ from seqvit.plan import load_machine, parameter_count, plan_run, run_shape
 ROOT = Path(__file__).resolve().parents[1]
 FRONTIER = ROOT / "config" / "frontier-seqscale.yaml"
 DEMO = ROOT / "config" / "config.yaml"
+# the sweep with LSS over all sp ranks, the method the figures below were worked out for
+LSS = ("parallel.sp_method=lss", "parallel.sp_inner=1")
 
 
 def _plan_cli(*args) -> int:
@@ -31,7 +33,9 @@ def _cfg(path, *overrides):
 def test_issue_figure_lss_patch1_gathers_68_gb_and_does_not_fit(capsys, tmp_path):
     # the sweep as it was first written: the p=1 run without micro-batching
     overlay = tmp_path / "no-accumulation.yaml"
-    overlay.write_text("parallel:\n  runs:\n    1: {sp: 64, dp: 1, grad_accumulation: 1}\n")
+    overlay.write_text(
+        "parallel:\n  sp_method: lss\n  sp_inner: 1\n  runs:\n    1: {sp: 64, dp: 1, grad_accumulation: 1}\n"
+    )
     cfg = load_configs([FRONTIER, overlay])
     assert not plan_run(run_shape(cfg, 1), load_machine("frontier")).fits
     shape = run_shape(cfg, 1)
@@ -62,7 +66,7 @@ def test_issue_figure_lss_patch1_gathers_68_gb_and_does_not_fit(capsys, tmp_path
 
 
 def test_every_run_of_the_corrected_frontier_sweep_fits():
-    cfg = _cfg(FRONTIER)
+    cfg = _cfg(FRONTIER, *LSS)
     machine = load_machine("frontier")
     assert cfg["parallel"]["runs"][1]["grad_accumulation"] == 16  # micro-batch 1 on the p=1 run
     assert run_shape(cfg, 1).micro_batch == 1
@@ -83,7 +87,7 @@ def test_parameter_count_matches_the_real_model(path, patch):
 
 
 def test_weights_gradients_optimizer_and_zero_by_hand():
-    cfg = _cfg(FRONTIER)
+    cfg = _cfg(FRONTIER, *LSS)
     machine = load_machine("frontier")
     shape = run_shape(cfg, 1)
     phi = parameter_count(shape)
@@ -207,7 +211,7 @@ def test_flops_and_step_time_by_hand(tmp_path):
 def test_lss_chunks_trade_memory_for_collectives():
     from dataclasses import replace
 
-    shape = run_shape(_cfg(FRONTIER), 1)  # sp=64, 16 heads: 16 chunks of one head
+    shape = run_shape(_cfg(FRONTIER, *LSS), 1)  # sp=64, 16 heads: 16 chunks of one head
     machine = load_machine("frontier")
     chunked = plan_run(shape, machine)
     # a chunk gathers about 4 segments' worth: one chunk up to sp=4, then sp / 4 chunks, at most one per head
@@ -240,7 +244,7 @@ def test_frontier_patch1_before_and_after_the_memory_fixes():
     from seqvit.plan import estimate
 
     machine = load_machine("frontier")
-    shape = replace(run_shape(_cfg(FRONTIER), 1), grad_accumulation=4)  # micro-batch 4
+    shape = replace(run_shape(_cfg(FRONTIER, *LSS), 1), grad_accumulation=4)  # micro-batch 4
     after = plan_run(shape, machine)
     chunks, sum_bytes = estimate.RunShape.head_chunks, estimate.SUM_BYTES
     estimate.RunShape.head_chunks, estimate.SUM_BYTES = property(lambda s: 1), 2  # type: ignore[method-assign]
@@ -274,8 +278,9 @@ def test_collectives_by_hand():
 def test_unknown_machine_and_bad_layout_name_the_key():
     with pytest.raises(SeqvitError, match="unknown machine 'nope'.*frontier"):
         load_machine("nope")
-    cfg = _cfg(FRONTIER, "parallel.sp_method=ulysses")
-    with pytest.raises(SeqvitError, match="parallel.sp_method ulysses needs sp \\(64\\) to divide model.num_heads"):
+    cfg = _cfg(FRONTIER, "parallel.sp_method=ulysses", "parallel.sp_inner=1")
+    # training's own check (parallel/groups.py check_layout), named for the run
+    with pytest.raises(SeqvitError, match="run p=1: .*parallel.sp \\(64\\): ulysses .* sp must divide the head count"):
         run_shape(cfg, 1)
     with pytest.raises(SeqvitError, match="train.grad_accumulation 3"):
         run_shape(_cfg(DEMO, "train.grad_accumulation=3"), 8)
@@ -290,7 +295,7 @@ def test_plan_runs_on_every_shipped_config(path, capsys):
 
 
 def test_machine_files_are_found_by_name_in_the_working_checkout_or_where_seqvit_machines_points(tmp_path, monkeypatch):
-    from seqvit.plan.machine import machine_path
+    from seqvit.machines import machine_path
 
     monkeypatch.delenv("SEQVIT_MACHINES", raising=False)
     assert machine_path("frontier") == Path("config") / "machines" / "frontier.yaml"  # tests run in the checkout
@@ -310,3 +315,139 @@ def test_mfu_on_a_cpu_counts_every_core_a_rank_computes_on():
     one_core = machine.peak(plan.shape.precision)
     assert plan.mfu == pytest.approx(plan.flops["model_per_rank"] / plan.step_seconds / (2 * one_core))
     assert 0 < plan.mfu <= 1
+
+
+def _long_run(**changes):
+    """The sweep's p=1 run (1,036,800 tokens on sp=64 x dp=1, micro-batch 1 x 16, bf16, checkpointing on)."""
+    from dataclasses import replace
+
+    return replace(run_shape(_cfg(FRONTIER, *LSS), 1), **changes)
+
+
+def test_ring_by_hand():
+    machine = load_machine("frontier")
+    shape = _long_run(sp_method="ring")
+    plan = plan_run(shape, machine)
+    b, n, e, f, h, a = 1, 16_200, 1024, 4096, 16, 2
+    assert (shape.micro_batch, shape.local_tokens, shape.inner, shape.outer) == (b, n, 1, 64)
+    # saved: the kernel's tensors as for one rank, plus the fp32 output (4 bytes x n E); no gathered K/V
+    block = b * n * a * (8 * e + 2 * f) + 4 * b * n * e + 4 * b * n * h
+    assert plan.memory["block recompute"] == pytest.approx(block - b * n * e * a)
+    # backward: two bf16 K/V blocks, one fp32 block of scores and probabilities over n x n per head,
+    # the travelling fp32 dK/dV and the fp32 dq
+    ring = 2 * 2 * b * n * e * a + 2 * b * h * n * n * 4 + 2 * 2 * b * n * e * 4 + b * n * e * 4
+    # the n x n scores dominate: 2 x 16 x 16,200^2 x 4 B = 33.59 GB, the rest (4 x 2 + 16 + 4) B x 16,200 x 1024 = 0.46 GB
+    assert ring == pytest.approx(33.59e9 + 0.46e9, rel=1e-3)
+    attention = b * n * a * (e - 2 * f) + ring
+    assert plan.memory["backward working set"] == pytest.approx(max(attention, b * n * a * (f + e)))
+    # traffic per layer: forward 63 hops of the K/V block (2 b n E a bytes), repeated by the recomputation;
+    # backward 63 hops of K/V and 63 of the fp32 dK/dV. 64 ranks span 8 nodes: one rank of each node
+    # sends to the next node (100 GB/s of NICs), every rank's block crosses the node's 50 GB/s links
+    kv, dkv = 2 * b * n * e * a, 2 * b * n * e * 4
+    assert (kv, dkv) == (66_355_200, 132_710_400)
+    hop = lambda size: max(size / 50e9, size / 100e9) + 15e-6  # noqa: E731
+    assert plan.comm["ring sends"] == pytest.approx(8 * 16 * 63 * (3 * hop(kv) + hop(dkv)))
+    assert plan.comm["all-to-all"] == plan.comm["all-gather"] == plan.comm["reduce-scatter"] == 0
+    # its blocks are fp32 matmuls: the attention FLOPs over the fp32 peak (47.9 TFLOP/s) x efficiency 0.35
+    assert plan.compute["attention"] == pytest.approx(plan.flops["executed_attention_per_rank"] / (47.9e12 * 0.35))
+
+
+def test_two_level_ulysses_lss_by_hand():
+    machine = load_machine("frontier")
+    shape = _long_run(sp_method="ulysses-lss", sp_inner=8)
+    plan = plan_run(shape, machine)
+    b, n, e, f, h, a, big_n = 1, 16_200, 1024, 4096, 16, 2, 1_036_800
+    assert (shape.inner, shape.outer) == (8, 8)
+    # the outer LSS sees 16 / 8 = 2 heads on 8 ranks: chunks of ceil(8 / 4) = 2 (parallel/lss.py), 1 head each
+    assert shape.head_chunks == 2
+    # saved: Ulysses' extra E, and K and V of the whole sequence at E / 8 wide
+    gathered = 2 * b * big_n * (e // 8) * a
+    assert gathered == pytest.approx(0.53e9, rel=1e-2)  # against 68 GB for LSS over all 64 ranks
+    block = b * n * a * (8 * e + 2 * f + e) + gathered + 4 * b * n * h
+    assert plan.memory["block recompute"] == pytest.approx(block - b * n * e * a)
+    chunk = gathered / 2  # dK and dV of one chunk (bf16), its reduce-scatter buffer in fp32, the inner dK/dV buffer
+    attention = b * n * a * (e - 2 * f) + chunk + 2 * chunk + 2 * b * n * e * a
+    assert plan.memory["backward working set"] == pytest.approx(max(attention, b * n * a * (f + e)))
+    # inner: the all-to-all of q, k, v (3 b n E a) and of the output (b n E a) over 8 ranks of a node,
+    # 7/8 of each leaving the rank over 50 GB/s links, 8 us each; forward, recomputation and backward
+    all_to_all = lambda size: 7 / 8 * size / 50e9 + 8e-6  # noqa: E731
+    inner = 3 * (all_to_all(3 * b * n * e * a) + all_to_all(b * n * e * a))
+    assert plan.comm["all-to-all"] == pytest.approx(8 * 16 * inner)
+    # outer: 8 all-gathers of 2 b n E a / 2 bytes each (two chunks; forward and recomputation), 8 ranks 8 apart
+    # over 8 nodes: each node takes in the other 56 ranks' segments through 100 GB/s (above 7 segments at
+    # 50 GB/s), 7 steps of 15 us; the reduce-scatter sends the same segments in fp32
+    segment = 2 * b * n * e * a / 2
+    gather = lambda size: max(7 * size / 50e9, 56 * size / 100e9) + 7 * 15e-6  # noqa: E731
+    assert plan.comm["all-gather"] == pytest.approx(8 * 16 * 2 * 2 * gather(segment))
+    assert plan.comm["reduce-scatter"] == pytest.approx(8 * 16 * 2 * gather(2 * segment))
+
+
+def test_outer_groups_of_one_level_methods_are_the_machine_collectives():
+    from seqvit.plan.estimate import outer_seconds
+
+    machine = load_machine("frontier")
+    shape = _long_run()  # lss over all 64 ranks: one outer group, no inner level
+    assert outer_seconds(machine, "all_gather", shape, 1e6) == machine.collective_seconds("all_gather", 64, 1e6)
+    # a ring hop inside one node (sp = 8): the node's 50 GB/s links, 8 us
+    assert outer_seconds(machine, "send", _long_run(sp_method="ring", sp=8, dp=8), 1e6) == pytest.approx(
+        1e6 / 50e9 + 8e-6
+    )
+
+
+def test_layout_checks_are_trainings_own():
+    with pytest.raises(SeqvitError, match="sp_inner"):
+        _long_run(sp_method="ulysses-lss").check()  # sp_inner 1
+    with pytest.raises(SeqvitError, match="sp_inner"):
+        _long_run(sp_method="ulysses-ring", sp_inner=64).check()  # no outer level
+    _long_run(sp_method="ulysses-ring", sp_inner=16).check()  # 16 divides 64 and the 16 heads
+
+
+def test_window_attention_counts_window_flops_and_stays_on_one_rank():
+    cfg = _cfg(DEMO, "model.attention_pattern=window", "model.window_size=2")
+    shape = run_shape(cfg, 8)
+    full = plan_run(run_shape(_cfg(DEMO), 8), load_machine("cpu-local"))
+    window = plan_run(shape, load_machine("cpu-local"))
+    assert shape.attention_pattern == "window" and shape.window_size == 2
+    assert window.flops["executed_attention_per_rank"] < full.flops["executed_attention_per_rank"]
+    assert window.flops["executed_matmul_per_rank"] == pytest.approx(full.flops["executed_matmul_per_rank"])
+    from dataclasses import replace
+
+    with pytest.raises(SeqvitError, match="window runs in one process per sample"):
+        replace(shape, sp=2, dp=1).check()
+    # the math kernel's scores cover a window's 2 x 2 keys instead of all N tokens
+    b, h, n, a = shape.micro_batch, shape.num_heads, shape.local_tokens, 4 if shape.precision == "fp32" else 2
+    math_window = plan_run(replace(shape, attention="math", activation_checkpointing=False), load_machine("cpu-local"))
+    math_full = plan_run(
+        replace(shape, attention="math", activation_checkpointing=False, attention_pattern="full"),
+        load_machine("cpu-local"),
+    )
+    per_block = b * h * n * (shape.tokens - 2 * 2) * (4 + a)
+    saved = math_full.memory["activations (saved)"] - math_window.memory["activations (saved)"]
+    assert saved == pytest.approx(shape.depth * per_block)
+
+
+def test_suggestions_include_ring_and_every_two_level_split():
+    from seqvit.plan.suggest import candidates, question_shape, suggest
+
+    cfg = _cfg(FRONTIER, *LSS)
+    machine = load_machine("frontier")
+    shape, own = question_shape(cfg, 4)  # 64,800 tokens, 16 heads, 8 GCDs per node
+    at_16 = {(s.sp_method, s.sp_inner) for s in candidates(shape, machine, cfg) if s.sp == 16}
+    # inner groups at sp = 16: divisors of 16 above 1 and below 16, dividing the 16 heads, at most 8 (a node)
+    two_level = {(m, i) for m in ("ulysses-lss", "ulysses-ring") for i in (2, 4, 8)}
+    one_level = {(m, 1) for m in ("ulysses", "deepspeed-ulysses", "lss", "ring")}
+    assert at_16 == one_level | two_level
+    ranked = suggest(shape, machine, cfg, own, max_nodes=4).ranked
+    labels = {label for g in ranked for label in g.methods}
+    assert {"ring", "ulysses-lss 2x8", "ulysses-ring 4x4"} <= labels
+    best_two_level = next(g for g in ranked if g.plan.shape.inner > 1)
+    s = best_two_level.plan.shape
+    assert f"parallel.sp_method={s.sp_method}, parallel.sp_inner={s.sp_inner}" in best_two_level.apply()
+
+
+def test_window_runs_are_suggested_on_one_rank_only():
+    from seqvit.plan.suggest import candidates, question_shape
+
+    cfg = _cfg(DEMO, "model.attention_pattern=window", "model.window_size=2")
+    shape, _ = question_shape(cfg, 8)
+    assert {s.sp for s in candidates(shape, load_machine("cpu-local"), cfg)} == {1}

@@ -9,7 +9,7 @@ from seqvit.errors import SeqvitError
 from seqvit.io import atomic_path
 from seqvit.layout import Layout
 from seqvit.lineage import TRAIN_REPORTING_KEYS
-from seqvit.plan.machine import MACHINES_ENV
+from seqvit.machines import MACHINES_ENV
 from seqvit.plan.walltime import (
     multi_job_warnings,
     sbatch_layout,

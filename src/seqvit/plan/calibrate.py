@@ -52,8 +52,9 @@ import torch.distributed as dist
 import yaml
 
 from seqvit.errors import SeqvitError
+from seqvit.machines import machine_path
 from seqvit.plan.estimate import RunShape, plan_run
-from seqvit.plan.machine import COLLECTIVES, load_machine, machine_path
+from seqvit.plan.machine import COLLECTIVES, load_machine
 
 GB = 1e9
 MIN_LATENCY = 1e-7  # s: a fit that leaves no latency (timing noise) records this instead of zero

@@ -3,7 +3,9 @@
 Notation: B global batch, D data-parallel replicas, P sequence-parallel ranks, W = P x D, b = B /
 D / grad_accumulation the micro-batch, N tokens of a sample, n = ceil(N / P) tokens of a rank, E
 embed_dim, F = int(E * mlp_ratio), H heads, C channels, p^2 pixels per patch, a bytes per
-activation (bf16: 2, fp32: 4), Phi parameters, c the head chunks of LSS (parallel/lss.py).
+activation (bf16: 2, fp32: 4), Phi parameters, c the head chunks of LSS (parallel/lss.py), I =
+parallel.sp_inner the inner Ulysses ranks of the two-level methods and O = P / I their outer ranks
+(one-level: I = 1, O = P), w the window size of window attention (sp = 1 only).
 
 Memory (bytes per rank): persistent state, plus the activations saved for the backward pass,
 plus what the backward pass holds at its fullest moment. The counts follow the tensors the code
@@ -30,7 +32,10 @@ measured training processes (benchmarks/plan_validation.py, docs/plan-validation
                          methods keep the kernel's output and the projection's input apart (+ E;
                          DeepSpeed's measured 2 E more at P = 2, none more at P = 4); LSS the
                          gathered K and V of the whole sequence (+ 2 N E / n = 2 P E per local
-                         token); the math kernel adds the N-wide scores, b H n N (4 + a)
+                         token; two-level: 2 N E / I, H / I heads at O ranks) and the two-level
+                         methods Ulysses' E; ring its fp32 output (4 n E bytes; q, k, v and the
+                         lse as above); the math kernel adds the N-wide scores, b H n N (4 + a)
+                         (N -> w^2 under window attention; none under ring)
                          activation checkpointing keeps each block's input (b n E a) and
                          recomputes one block at a time in the backward pass
   backward working set   the largest of three moments: the last block's MLP backward (its GELU
@@ -38,7 +43,10 @@ measured training processes (benchmarks/plan_validation.py, docs/plan-validation
                          backward, after the MLP's tensors are freed (b n a (E - 2 F), plus the
                          kernel's dK and dV and, under LSS, the reduce-scatter's buffer of one chunk
                          of heads, b a 2 N E / c (1 + s / a), s = 4 bytes: bf16 gradients are summed
-                         in fp32; the math kernel's score gradient); the channel aggregation's
+                         in fp32; under ring instead two K/V blocks 4 b n E a, one fp32 block of
+                         scores and probabilities 2 b (H / I) (I n)^2 4, the travelling fp32 dK/dV
+                         16 b n E and dq 4 b n E; the two-level methods' inner dK/dV buffer 2 b n E a;
+                         the math kernel's score gradient); the channel aggregation's
                          backward (b n a C E) once the blocks are freed
   runtime overhead       from the machine file (runtime_overhead_gb, + zero_overhead_gb for ZeRO,
                          + precision_overhead_gb)
@@ -51,8 +59,11 @@ elementwise traffic (elementwise_traffic: 4 passes over the activations saved, t
 reading and their gradients', plus the optimizer's reads and writes) over elementwise_gbs
 (measured on the model's own layer norms, GELUs, copies and small matmuls); the framework's own
 time per step and per block (framework_overhead_ms); on CPU machines the ranks of a node beyond
-cores_per_node share the cores. Plus the collectives, not overlapped with compute (an upper
-bound). The CPU figures are measured by `seqvit plan --calibrate`; a device machine file without
+cores_per_node share the cores. Ring attention is not the fused kernel: its FLOPs go at the fp32
+matmul rate, plus its softmax's fp32 traffic (ring_softmax_traffic) where elementwise_gbs is known.
+Plus the collectives, not overlapped with compute (an upper bound): all-to-all over the Ulysses
+ranks (P, or I), LSS's all-gather and reduce-scatter and ring's hops over the outer ranks
+(outer_seconds: the links of the level spanning the P ranks; a hop at the level's own figures). The CPU figures are measured by `seqvit plan --calibrate`; a device machine file without
 them keeps everything in peak x efficiency.
 """
 
@@ -67,6 +78,7 @@ from seqvit.train.throughput import forward_flops_by_part, model_flops_per_sampl
 
 BYTES = {"bf16": 2, "fp32": 4}
 HEAD_SCATTERING = ("ulysses", "deepspeed-ulysses")
+TWO_LEVEL = ("ulysses-lss", "ulysses-ring")
 
 
 @dataclass(frozen=True)
@@ -92,6 +104,27 @@ class RunShape:
     patch_rows: int = 0  # the patch grid, rows x cols = tokens; 0: unknown (a 1:2 latitude-longitude grid assumed)
     patch_cols: int = 0
     threads: int = 1  # train.threads: CPU threads of training on one machine, shared by its ranks
+    sp_inner: int = 1  # parallel.sp_inner: the inner Ulysses group of the two-level methods
+    attention_pattern: str = "full"  # model.attention_pattern
+    window_size: int = 0  # model.window_size (tokens per side of a window)
+    uneven: str = "error"  # parallel.uneven
+
+    @property
+    def inner(self) -> int:
+        """Ranks of the Ulysses all-to-all before the outer method (1: no inner level)."""
+        return self.sp_inner if (self.sp > 1 and self.sp_method in TWO_LEVEL) else 1
+
+    @property
+    def outer(self) -> int:
+        """Ranks of the K/V exchange (LSS or ring) after the inner level; the whole group for one-level methods."""
+        return self.sp // self.inner
+
+    @property
+    def outer_method(self) -> str:
+        """What the ranks of the outer level run: ulysses (head scattering), lss or ring; none at sp = 1."""
+        if self.sp == 1:
+            return "none"
+        return "ulysses" if self.sp_method in HEAD_SCATTERING else self.sp_method.split("-")[-1]
 
     @property
     def world(self) -> int:
@@ -122,7 +155,8 @@ class RunShape:
         """Chunks of heads LSS gathers in turn (parallel/lss.py); 1 for the other methods."""
         from seqvit.parallel.lss import head_chunks
 
-        return head_chunks(self.num_heads, self.sp) if (self.sp > 1 and self.sp_method == "lss") else 1
+        # two-level: the outer LSS sees H / I heads on sp / I ranks (parallel/two_level.py)
+        return head_chunks(self.num_heads // self.inner, self.outer) if self.outer_method == "lss" else 1
 
     def check(self) -> None:
         where = f"run p={self.patch_size}"
@@ -138,10 +172,28 @@ class RunShape:
             )
         if self.precision not in BYTES:
             raise SeqvitError(f"{where}: train.precision {self.precision!r}; use one of {', '.join(BYTES)}")
-        if self.sp > 1 and self.sp_method in HEAD_SCATTERING and self.num_heads % self.sp:
+        from seqvit.model.window import check_window
+        from seqvit.parallel.groups import check_layout
+
+        try:
+            check_layout(
+                num_tokens=self.tokens,
+                num_heads=self.num_heads,
+                sp=self.sp,
+                method=self.sp_method,
+                world_size=self.world,
+                batch_size=self.batch_size,
+                uneven=self.uneven,
+                sp_inner=self.sp_inner,
+            )
+            if self.attention_pattern == "window":
+                check_window(*self.grid, self.window_size)
+        except SeqvitError as exc:
+            raise SeqvitError(f"{where}: {exc}") from exc
+        if self.attention_pattern == "window" and self.sp > 1:  # as train/engine.py refuses it
             raise SeqvitError(
-                f"{where}: parallel.sp_method {self.sp_method} needs sp ({self.sp}) to divide model.num_heads "
-                f"({self.num_heads}); use parallel.sp_method=lss or an sp that divides the heads"
+                f"{where}: model.attention_pattern: window runs in one process per sample, but parallel.sp is "
+                f"{self.sp}; set parallel.sp: 1 (also in parallel.runs) or model.attention_pattern: full"
             )
 
 
@@ -177,6 +229,10 @@ def run_shape(cfg: dict, patch_size: int) -> RunShape:
         patch_rows=grid[0] // patch_size,
         patch_cols=grid[1] // patch_size,
         threads=int(train.get("threads", 1)),
+        sp_inner=int(parallel.get("sp_inner", 1)),
+        attention_pattern=str(model.get("attention_pattern", "full")),
+        window_size=int(model.get("window_size") or 0),
+        uneven=str(parallel.get("uneven", "error")),
     )
     shape.check()
     return shape
@@ -241,22 +297,33 @@ DEEPSPEED_REDUCE_BUCKET = 500_000_000
 # per local token and block, in units of E: what the Ulysses methods keep beyond P = 1 (the kernel's
 # output and the projection's input are two tensors after the all-to-all; measured the same for
 # DeepSpeed's at P = 4, 2 E more at P = 2)
-SP_SAVED = {"ulysses": 1, "deepspeed-ulysses": 1}
-SUM_BYTES = 4  # LSS sums bf16 gradients in fp32 (parallel/lss.py)
+SP_SAVED = {"ulysses": 1, "deepspeed-ulysses": 1, "ulysses-lss": 1, "ulysses-ring": 1}
+SUM_BYTES = 4  # LSS sums bf16 gradients in fp32 (parallel/lss.py); ring sends dK/dV in fp32
+RING_BYTES = 4  # ring attention computes its blocks, output and dq in fp32 (parallel/ring.py)
+# passes over a block of fp32 scores in ring attention's forward and backward, counted from its block
+# loop (parallel/ring.py): forward scores, max, shift and exp, sum, weights x V; backward the
+# recomputed probabilities, dO V^T, less delta, times the probabilities, and the three matmuls' reads
+RING_SOFTMAX_PASSES = (6, 14)
 
 
 def _lss(s: RunShape) -> bool:
-    return s.sp > 1 and s.sp_method == "lss"
+    return s.outer_method == "lss"
+
+
+def _ring(s: RunShape) -> bool:
+    return s.outer_method == "ring"
 
 
 def _block_saved(s: RunShape) -> float:
     """Bytes one block saves for its backward pass (its input included), per micro-batch."""
     a, b, n, e, f, h = BYTES[s.precision], s.micro_batch, s.local_tokens, s.embed_dim, s.hidden, s.num_heads
     per_token = float(8 * e + 2 * f)
-    if _lss(s):
-        per_token += 2 * s.tokens * e / n  # K and V of the whole sequence
-    elif s.sp > 1:
+    if s.sp > 1:
         per_token += SP_SAVED.get(s.sp_method, 0) * e
+    if _lss(s):
+        per_token += 2 * s.tokens * e / s.inner / n  # K and V of the whole sequence (of H / I heads when two-level)
+    if _ring(s):
+        per_token += RING_BYTES * e / a  # its output in fp32 (q, k, v and the lse as for the kernel)
     return b * n * a * per_token + 4 * b * n * h + _math_scores(s)
 
 
@@ -267,10 +334,22 @@ def _embedding_saved(s: RunShape) -> float:
 
 
 def _math_scores(s: RunShape) -> float:
-    """The N-wide scores the math kernel keeps (fp32 softmax and its copy), per block and micro-batch."""
-    if s.attention != "math":
+    """The scores the math kernel keeps (fp32 softmax and its copy), per block and micro-batch: N wide,
+    or a window's w^2 keys under window attention; none under ring, which bypasses the kernel."""
+    if s.attention != "math" or _ring(s):
         return 0.0
-    return s.micro_batch * s.num_heads * s.local_tokens * s.tokens * (4 + BYTES[s.precision])
+    keys = s.window_size**2 if s.attention_pattern == "window" else s.tokens
+    return s.micro_batch * s.num_heads * s.local_tokens * keys * (4 + BYTES[s.precision])
+
+
+def _ring_working_set(s: RunShape) -> float:
+    """Bytes ring attention's backward holds beyond its saved tensors: the K/V block in hand and the one
+    arriving, one block of scores and probabilities over the outer block of I n tokens and H / I heads
+    (fp32), the travelling dK/dV and dq (fp32)."""
+    a, b, n, e = BYTES[s.precision], s.micro_batch, s.local_tokens, s.embed_dim
+    blocks = 2 * 2 * b * n * e * a
+    scores = 2 * b * (s.num_heads // s.inner) * (s.inner * n) ** 2 * RING_BYTES
+    return blocks + scores + 2 * 2 * b * n * e * SUM_BYTES + b * n * e * RING_BYTES
 
 
 def _working_set(s: RunShape, blocks: float) -> dict:
@@ -280,12 +359,17 @@ def _working_set(s: RunShape, blocks: float) -> dict:
     block under checkpointing); all of it is freed before the channel aggregation's backward.
     """
     a, b, n, e, f, c = BYTES[s.precision], s.micro_batch, s.local_tokens, s.embed_dim, s.hidden, s.channels
-    kv_tokens = s.tokens if _lss(s) else n
+    kv_tokens = s.tokens // s.inner if _lss(s) else n  # two-level LSS gathers the whole sequence at E / I wide
     chunk = b * 2 * kv_tokens * e / s.head_chunks  # dK and dV of one chunk of heads
     exchange = chunk * (SUM_BYTES if _lss(s) else a)  # LSS: the reduce-scatter's buffer, summed in fp32
+    attention = chunk * a + exchange
+    if _ring(s):
+        attention = _ring_working_set(s)
+    if s.inner > 1:
+        attention += 2 * b * n * e * a  # the inner all-to-all's dK/dV buffer, as for Ulysses
     return {
         "MLP backward": b * n * a * (f + e),
-        "attention backward": b * n * a * (e - 2 * f) + chunk * a + exchange + _math_scores(s),
+        "attention backward": b * n * a * (e - 2 * f) + attention + _math_scores(s),
         "channel aggregation backward": b * n * a * c * e - blocks,
     }
 
@@ -335,24 +419,59 @@ def memory_breakdown(s: RunShape, machine: Machine, params: int) -> dict:
     }
 
 
+def outer_seconds(machine: Machine, kind: str, s: RunShape, size: float) -> float:
+    """One all-gather or reduce-scatter (size: a rank's segment) of the outer groups, or one ring hop
+    (kind "send", size: the block each rank sends to the next), with all I outer groups of a
+    sequence-parallel group at work at once.
+
+    An outer group is O = sp / I ranks, I apart, spanning the group's sp contiguous ranks, so its links
+    are those of the smallest level holding sp ranks. Across nodes, all I groups together bring every
+    segment from another node into each node once, as one contiguous all-gather over sp ranks; a hop
+    takes I blocks off each node (the last I ranks of a node send to the next). A hop is priced at the
+    level's own bandwidth and latency (machine files measure no point-to-point figure). With I = 1 the
+    collectives are Machine.collective_seconds over sp ranks.
+    """
+    inner, outer = s.inner, s.outer
+    if kind != "send" and inner == 1:
+        return machine.collective_seconds(kind, outer, size)
+    if outer <= 1 or size <= 0:
+        return 0.0
+    steps = 1 if kind == "send" else outer - 1
+    level = next((lv for lv in machine.levels if lv.ranks >= s.sp), None)
+    if level is not None:
+        bandwidth, latency = level.figures(kind)
+        return steps * (size / bandwidth + latency)
+    per_node = machine.devices_per_node
+    local = machine.levels[-1] if machine.levels else None
+    inside = steps * size / local.figures(kind)[0] if local is not None and per_node > 1 else 0.0
+    network = (min(inner, per_node) if kind == "send" else s.sp - per_node) * size
+    return max(inside, network / machine.node_bandwidth) + steps * machine.network_latency
+
+
 def communication(s: RunShape, machine: Machine, params: int) -> dict:
     """Seconds per step of each kind of collective on one rank."""
     a = BYTES[s.precision]
     b, n, e = s.micro_batch, s.local_tokens, s.embed_dim
     micro = s.grad_accumulation
     forwards = 2 if s.activation_checkpointing else 1  # recomputation repeats the forward exchange
-    comm = {"all-to-all": 0.0, "all-gather": 0.0, "reduce-scatter": 0.0, "gradient all-reduce": 0.0}
-    if s.sp > 1 and s.sp_method in HEAD_SCATTERING:
-        qkv = machine.collective_seconds("all_to_all", s.sp, 3 * b * n * e * a)
-        out = machine.collective_seconds("all_to_all", s.sp, b * n * e * a)
+    comm = {"all-to-all": 0.0, "all-gather": 0.0, "reduce-scatter": 0.0, "ring sends": 0.0, "gradient all-reduce": 0.0}
+    ulysses = s.sp if s.outer_method == "ulysses" else s.inner  # ranks of the head-scattering all-to-all
+    if ulysses > 1:
+        qkv = machine.collective_seconds("all_to_all", ulysses, 3 * b * n * e * a)
+        out = machine.collective_seconds("all_to_all", ulysses, b * n * e * a)
         comm["all-to-all"] = s.depth * micro * ((forwards + 1) * (qkv + out))
-    elif s.sp > 1:
+    if _lss(s):
         chunks = s.head_chunks
         segment = 2 * b * n * e * a / chunks  # this rank's K and V of one chunk of heads
-        gather = machine.collective_seconds("all_gather", s.sp, segment)
-        scatter = machine.collective_seconds("reduce_scatter", s.sp, segment * SUM_BYTES / a)
+        gather = outer_seconds(machine, "all_gather", s, segment)
+        scatter = outer_seconds(machine, "reduce_scatter", s, segment * SUM_BYTES / a)
         comm["all-gather"] = s.depth * micro * forwards * chunks * gather
         comm["reduce-scatter"] = s.depth * micro * chunks * scatter
+    if _ring(s):
+        # O - 1 hops of the K/V block each forward; the backward passes K/V and the fp32 dK/dV separately
+        kv = outer_seconds(machine, "send", s, 2 * b * n * e * a)
+        dkv = outer_seconds(machine, "send", s, 2 * b * n * e * SUM_BYTES)
+        comm["ring sends"] = s.depth * micro * (s.outer - 1) * ((forwards + 1) * kv + dkv)
     grads = a * params
     if s.zero_stage <= 1:
         comm["gradient all-reduce"] = machine.collective_seconds("all_reduce", s.world, grads)
@@ -379,6 +498,15 @@ def elementwise_traffic(s: RunShape, memory: dict) -> float:
     return activations * s.grad_accumulation + 2 * state
 
 
+def ring_softmax_traffic(s: RunShape) -> float:
+    """Bytes ring attention's explicit softmax moves in a step of one rank: RING_SOFTMAX_PASSES over
+    fp32 scores of H / I heads, I n queries and N keys per block and micro-batch (= H n N)."""
+    forward, backward = RING_SOFTMAX_PASSES
+    passes = (2 if s.activation_checkpointing else 1) * forward + backward
+    scores = s.micro_batch * s.num_heads * s.local_tokens * s.tokens * RING_BYTES
+    return s.depth * s.grad_accumulation * passes * scores
+
+
 def compute_time(s: RunShape, machine: Machine, params: int, flops: dict, memory: dict) -> dict:
     """Seconds per step of one rank's own work, part by part (module docstring)."""
     on_node = min(s.world, machine.devices_per_node)
@@ -389,6 +517,12 @@ def compute_time(s: RunShape, machine: Machine, params: int, flops: dict, memory
     }
     if s.precision in machine.elementwise:
         parts["elementwise"] = elementwise_traffic(s, memory) / (machine.elementwise[s.precision] * share)
+    if _ring(s):
+        # ring attention is not the fused kernel: fp32 matmuls over its blocks and an explicit softmax
+        fp32 = "fp32" if "fp32" in machine.peak_flops else s.precision
+        parts["attention"] = flops["executed_attention_per_rank"] / (machine.peak(fp32) * machine.efficiency * share)
+        if fp32 in machine.elementwise:
+            parts["ring softmax"] = ring_softmax_traffic(s) / (machine.elementwise[fp32] * share)
     blocks = s.depth * s.grad_accumulation
     per_block = machine.block_overhead + (machine.zero3_block_overhead if s.zero_stage == 3 else 0.0)
     framework = machine.step_overhead + blocks * per_block
@@ -399,9 +533,13 @@ def compute_time(s: RunShape, machine: Machine, params: int, flops: dict, memory
 
 def plan_run(s: RunShape, machine: Machine) -> Plan:
     params = parameter_count(s)
-    model_cfg = {"embed_dim": s.embed_dim, "depth": s.depth, "num_heads": s.num_heads, "mlp_ratio": s.mlp_ratio}
-    per_sample = model_flops_per_sample(model_cfg, s.channels, s.patch_size, s.tokens)
-    parts = forward_flops_by_part(model_cfg, s.channels, s.patch_size, s.tokens)
+    model_cfg: dict = {"embed_dim": s.embed_dim, "depth": s.depth, "num_heads": s.num_heads, "mlp_ratio": s.mlp_ratio}
+    grid = None
+    if s.attention_pattern == "window":  # attention over the windows of the token grid only
+        model_cfg.update(attention_pattern="window", window_size=s.window_size)
+        grid = s.grid
+    per_sample = model_flops_per_sample(model_cfg, s.channels, s.patch_size, s.tokens, token_grid=grid)
+    parts = forward_flops_by_part(model_cfg, s.channels, s.patch_size, s.tokens, token_grid=grid)
     # each sample is shared by the P ranks of its group; a replica runs B / D samples per step
     samples = s.batch_size / s.dp / s.sp
     model_per_rank = per_sample * samples
@@ -446,11 +584,13 @@ def cheapest_fix(s: RunShape, machine: Machine, max_sp: int | None = None) -> tu
     candidates += [replace(current, zero_stage=stage) for stage in range(current.zero_stage + 1, 4)]
     current = replace(current, zero_stage=3)
     if current.sp > 1 and current.sp_method not in HEAD_SCATTERING:
-        candidates.append(replace(current, sp_method="ulysses"))
+        candidates.append(replace(current, sp_method="ulysses", sp_inner=1))
     sp = current.sp * 2
     while sp <= min(max_sp or current.tokens, current.tokens):
-        method = "ulysses" if current.num_heads % sp == 0 else current.sp_method
-        candidates.append(replace(current, sp=sp, sp_method=method))
+        if current.num_heads % sp == 0:
+            candidates.append(replace(current, sp=sp, sp_method="ulysses", sp_inner=1))
+        else:
+            candidates.append(replace(current, sp=sp))
         sp *= 2
     for dp in _divisors(current.batch_size):
         if dp > current.dp:  # more replicas at micro-batch 1: the same global batch on more nodes
@@ -473,6 +613,7 @@ def _describe(before: RunShape, after: RunShape) -> str:
         "grad_accumulation": "train.grad_accumulation",
         "zero_stage": "train.zero_stage",
         "sp_method": "parallel.sp_method",
+        "sp_inner": "parallel.sp_inner",
     }
     parts = []
     for attr, key in keys.items():

@@ -234,7 +234,7 @@ def _scaling_table(scenario: dict, plan: Plan) -> list[str]:
 
 
 def _machine_section(names: list[str]) -> list[str]:
-    from seqvit.plan.machine import machine_path
+    from seqvit.machines import machine_path
 
     lines = ["## Machine figures", ""]
     for name in names:
@@ -315,8 +315,53 @@ def markdown(config_paths=None, overrides=(), machine_name: str | None = None) -
     ]
     for title, shown, cfg in sections:
         lines += ["", *_config_section(title, shown, cfg, machine_name)]
-    lines += ["", *_PAPER_NOTES, "", *_machine_section(machines), *_MODEL, "", *_validation_section()]
+    lines += ["", *_PAPER_NOTES, "", *_open_question(sections[0][2], machine_name)]
+    lines += ["", *_machine_section(machines), *_MODEL, "", *_validation_section()]
     return "\n".join(lines).rstrip() + "\n"
+
+
+OPEN_TOKENS = (188_416, 1_036_800)  # the paper's full-attention 188K tokens and the sweep's p=1 sequence
+OPEN_NODES = (8, 32, 256)
+
+
+def _open_question(cfg: dict, machine_name: str | None) -> list[str]:
+    """Which method and (inner, outer) split is predicted fastest for the long sequences at a few node counts."""
+    from seqvit.plan.estimate import TWO_LEVEL
+    from seqvit.plan.suggest import fastest_on, question_shape, split_label
+
+    machine = load_machine(machine_name or cfg.get("machine") or DEFAULT_MACHINE)
+    lines = [
+        "## Which sequence-parallel method, on how many nodes",
+        "",
+        f"The fastest predicted layout that fits and fills the nodes on {machine.name}, with the first config's "
+        f"model, batch, ZeRO stage and checkpointing (`seqvit.plan.suggest.fastest_on`: sp, dp, accumulation and "
+        "method vary; (inner, outer) are the ranks of the Ulysses all-to-all and of LSS or ring), and the "
+        "fastest two-level layout for comparison:",
+        "",
+        "| tokens | nodes | fastest: method (inner, outer) | dp | micro x acc | step s | peak GB | fastest two-level | step s |",
+        "|---:|---:|---|---:|---:|---:|---:|---|---:|",
+    ]
+    for tokens in OPEN_TOKENS:
+        shape, _ = question_shape(cfg, tokens=tokens)
+        for nodes in OPEN_NODES:
+            best = fastest_on(shape, machine, cfg, nodes)
+            two = fastest_on(shape, machine, cfg, nodes, methods=TWO_LEVEL)
+            if best is None:
+                lines.append(f"| {tokens:,} | {nodes} | nothing fits | | | | | | |")
+                continue
+            s = best.shape
+            other = (split_label(two.shape), f"{two.step_seconds:.1f}") if two is not None else ("none fits", "")
+            lines.append(
+                f"| {tokens:,} | {nodes} | {split_label(s)} | {s.dp} | {s.micro_batch} x {s.grad_accumulation} | "
+                f"{best.step_seconds:.1f} | {best.peak / GB:.1f} | {other[0]} | {other[1]} |"
+            )
+    lines += [
+        "",
+        "Ring attention computes its blocks in fp32 with an explicit softmax (not the fused kernel) and holds "
+        "one block of n x n scores per head (memory quadratic in n), so it is priced at the fp32 matmul rate and "
+        "predicted slower than the others here; the figures share the uncalibrated latencies and efficiency of the machine file.",
+    ]
+    return lines
 
 
 def write_markdown(path: Path, config_paths=None, overrides=(), machine_name: str | None = None) -> Path:
@@ -416,27 +461,35 @@ planner; where it cannot follow the paper, it says so:
 _MODEL = """\
 ## The model (src/seqvit/plan/estimate.py)
 
-Per rank, with micro-batch b, n = ceil(N / sp) local tokens, width E, MLP width F, bytes a per
-activation (bf16 2, fp32 4), and Phi parameters counted module by module as model/vit.py builds
-them (checked against the built model in the tests):
+Per rank, with micro-batch b, n = ceil(N / sp) local tokens, width E, MLP width F, H heads, bytes a
+per activation (bf16 2, fp32 4), and Phi parameters counted module by module as model/vit.py builds
+them (checked against the built model in the tests); the module docstring has every term:
 
-- weights and gradients a Phi each; AdamW 12 Phi in bf16 (fp32 master, m, v), 8 Phi in fp32; ZeRO
-  stage 1/2/3 divides optimizer/gradients/weights by all sp x dp ranks (DeepSpeed has no
-  model-parallel unit here).
-- saved activations per block b a (7 nE + kv + 2 nF) (+ softmax statistics; + the N-wide scores
-  for the math kernel), where kv = 2 N E under LSS (the whole gathered sequence) and 2 n E
-  otherwise; with activation checkpointing only the block inputs, plus one block recomputed.
-  The embedding (the C per-channel embeddings) and head are never checkpointed.
-- the kernel's backward working set (dQ, dK, dV), the sequence-parallel buffers (Ulysses send
-  and receive; LSS a second copy of the gathered K/V and of dK/dV), the full sin-cos position
-  table on every rank, and a fixed runtime overhead from the machine file.
-- peak = the sum, i.e. everything held during the backward pass of one block.
-- time = model FLOPs (seqvit.train.throughput) plus one forward of the blocks under
-  checkpointing, over peak x the machine's efficiency factor, plus every collective (Ulysses
-  all-to-all, LSS all-gather and reduce-scatter, gradient all-reduce or ZeRO's reduce-scatter and
-  all-gather) from the bandwidth and latency of the smallest level of the machine that holds the
-  group, or the node's network injection bandwidth across nodes; communication is not overlapped
-  with compute, so times are upper bounds on that part.
+- weights and gradients a Phi each (bf16: 4 Phi more, DeepSpeed's fp32 gradient accumulation);
+  AdamW 12 Phi in bf16 or under ZeRO (fp32 master, m, v), 8 Phi otherwise; ZeRO stage 1/2/3 divides
+  optimizer/gradients/weights by all sp x dp ranks; stages 1-3 add DeepSpeed's reduce bucket.
+- saved activations per block b n a (8 E + 2 F) + 4 b n H (softmax statistics), plus per method:
+  Ulysses (and the inner level of the two-level methods) E more; LSS the gathered K and V of the
+  whole sequence, 2 N E / I (I = `parallel.sp_inner`, 1 for one-level LSS); ring its fp32 output
+  (4 n E bytes). The math kernel adds its scores, N wide (a window's w^2 under window attention).
+  With activation checkpointing only the block inputs, plus one block recomputed.
+- the backward working set, the largest of three moments: the MLP backward; the attention
+  backward with the kernel's dK/dV and the exchange buffers (Ulysses send and receive; LSS one
+  chunk of heads of the gathered dK/dV and its fp32 reduce-scatter buffer; ring two K/V blocks,
+  one fp32 block of scores and probabilities over the outer block, the travelling fp32 dK/dV and
+  dq); the channel aggregation's backward once the blocks are freed.
+- peak = persistent state + saved activations + that working set + the machine's runtime overhead.
+- time = matmul FLOPs (seqvit.train.throughput; window attention counts its windows' pairs) plus
+  one forward of the blocks under checkpointing, over peak x efficiency; attention FLOPs over the
+  machine's attention rate (ring: the fp32 matmul rate, plus its explicit softmax's fp32 traffic
+  where the machine file measures elementwise rates); elementwise traffic and framework overhead
+  where measured; plus every collective, not overlapped with compute: Ulysses all-to-all (over the
+  inner sp_inner ranks for the two-level methods), LSS all-gather and reduce-scatter, ring sends
+  (P - 1 hops of the K/V block forward, of K/V and fp32 dK/dV backward), gradient all-reduce or
+  ZeRO's collectives. Each is priced at the bandwidth and latency of the smallest level of the
+  machine holding the ranks it spans (an outer group spans the whole sequence-parallel group),
+  or through the node's network injection bandwidth across nodes; a ring hop at the level's own
+  figures (machine files measure no point-to-point figure).
 
 ## Assumptions and what is not validated
 

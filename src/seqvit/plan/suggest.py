@@ -1,7 +1,9 @@
 """Layouts of one run that fit a machine, best predicted throughput first (seqvit plan --suggest),
 and the predicted efficiency of weak scaling (fixed batch per replica, more replicas).
 
-A layout is: sequence-parallel degree and method, data-parallel replicas, gradient accumulation
+A layout is: sequence-parallel degree and method (every method; the two-level ones with every
+parallel.sp_inner that divides sp and the heads and fits in a node; window attention stays at sp = 1),
+data-parallel replicas, gradient accumulation
 (hence the micro-batch), ZeRO stage and activation checkpointing; the model, the global batch
 (train.batch_size), the precision and the attention kernel stay as the config has them. A layout
 is tried only when training would accept it: parallel/groups.py check_layout (heads for Ulysses,
@@ -27,7 +29,7 @@ GB = 1e9
 @dataclass(frozen=True)
 class Suggestion:
     plan: Plan
-    methods: tuple  # sequence-parallel methods with this very prediction ("-" when sp = 1)
+    methods: tuple  # sequence-parallel methods with this very prediction ("-" when sp = 1), plan's first
     nodes: int
 
     def apply(self) -> str:
@@ -39,7 +41,9 @@ class Suggestion:
             f"train.activation_checkpointing={str(s.activation_checkpointing).lower()}",
         ]
         if s.sp > 1:
-            keys.insert(0, f"parallel.sp_method={self.methods[0]}")
+            keys.insert(0, f"parallel.sp_method={s.sp_method}")
+            if s.inner > 1:
+                keys.insert(1, f"parallel.sp_inner={s.sp_inner}")
         return f"{run}; {', '.join(keys)}"
 
 
@@ -105,6 +109,7 @@ def check_accepted(shape: RunShape, cfg: dict) -> None:
         world_size=shape.world,
         batch_size=shape.batch_size,
         uneven=(cfg.get("parallel") or {}).get("uneven", "error"),
+        sp_inner=shape.sp_inner,
     )
     shape.check()
     if cfg.get("cluster"):
@@ -120,18 +125,27 @@ def _accepted(shape: RunShape, cfg: dict) -> bool:
     return True
 
 
-# The sequence-parallel methods whose memory and traffic the estimate models; the others (ring and
-# the two-level methods) are left out of suggestions until it does.
-PRICED_METHODS = ("ulysses", "deepspeed-ulysses", "lss")
+def _methods(shape: RunShape, machine: Machine, sp: int) -> list[tuple[str, int]]:
+    """(method, sp_inner) pairs to try at degree sp: every method; the two-level ones with every inner
+    group that divides sp and the heads and stays inside a node. Window attention runs at sp = 1 only."""
+    from seqvit.parallel.groups import SP_METHODS, TWO_LEVEL
+
+    if sp == 1:
+        return [(shape.sp_method, 1 if shape.sp_method not in TWO_LEVEL else shape.sp_inner)]
+    if shape.attention_pattern == "window":
+        return []
+    inner = [i for i in _divisors(sp) if 1 < i < sp and shape.num_heads % i == 0 and i <= machine.devices_per_node]
+    return [(m, i) for m in SP_METHODS for i in (inner if m in TWO_LEVEL else [1])]
+
+
+def _label(shape: RunShape) -> str:
+    return f"{shape.sp_method} {shape.inner}x{shape.outer}" if shape.inner > 1 else shape.sp_method
 
 
 def candidates(shape: RunShape, machine: Machine, cfg: dict):
     """Every layout of `shape` training accepts (any node count)."""
-    from seqvit.parallel.groups import SP_METHODS
-
-    priced = [m for m in SP_METHODS if m in PRICED_METHODS]
     for sp in _sp_degrees(machine, shape.tokens):
-        for method in priced if sp > 1 else (shape.sp_method,):
+        for method, inner in _methods(shape, machine, sp):
             for dp in _divisors(shape.batch_size):
                 for accumulation in _divisors(shape.batch_size // dp):
                     for zero in range(4):
@@ -140,6 +154,7 @@ def candidates(shape: RunShape, machine: Machine, cfg: dict):
                                 shape,
                                 sp=sp,
                                 sp_method=method,
+                                sp_inner=inner,
                                 dp=dp,
                                 grad_accumulation=accumulation,
                                 zero_stage=zero,
@@ -171,9 +186,9 @@ def suggest(
         # methods the estimate cannot tell apart (e.g. both Ulysses) share one row
         key = (s.sp, s.dp, s.grad_accumulation, s.zero_stage, s.activation_checkpointing, plan.peak, plan.step_seconds)
         if key in groups:
-            groups[key] = (groups[key][0], groups[key][1] + (s.sp_method,))
+            groups[key] = (groups[key][0], groups[key][1] + (_label(s),))
         else:
-            groups[key] = (plan, (s.sp_method,) if s.sp > 1 else ("-",))
+            groups[key] = (plan, (_label(s),) if s.sp > 1 else ("-",))
     ranked = [Suggestion(plan, methods, _nodes(plan.shape.world, machine)) for plan, methods in groups.values()]
     ranked.sort(key=lambda g: (-g.plan.tokens_per_s, g.nodes, g.plan.peak))
     return Suggestions(shape, machine, max_nodes, tried, ranked)
@@ -261,3 +276,36 @@ def weak_scaling(shape: RunShape, machine: Machine, nodes: int) -> WeakScaling |
     if scaled_dp < base_dp:
         return None
     return WeakScaling(at(base_dp), at(scaled_dp))
+
+
+def fastest_on(shape: RunShape, machine: Machine, cfg: dict, nodes: int, methods=None) -> Plan | None:
+    """The fastest layout that fits and fills exactly `nodes` nodes, at the config's own ZeRO stage and
+    checkpointing (a cheap subset of suggest: only sp, dp, accumulation and method, of `methods` if
+    given, vary); None if none fits."""
+    world = nodes * machine.devices_per_node
+    best = None
+    for dp in _divisors(shape.batch_size):
+        if world % dp or world // dp > shape.tokens:
+            continue
+        sp = world // dp
+        for method, inner in _methods(shape, machine, sp):
+            if methods is not None and method not in methods:
+                continue
+            for accumulation in _divisors(shape.batch_size // dp):
+                layout = replace(shape, sp=sp, dp=dp, sp_method=method, sp_inner=inner, grad_accumulation=accumulation)
+                if not _accepted(layout, cfg):
+                    continue
+                plan = plan_run(layout, machine)
+                if plan.fits and (best is None or plan.step_seconds < best.step_seconds):
+                    best = plan
+    return best
+
+
+def split_label(shape: RunShape) -> str:
+    """The method with its (inner, outer) ranks: the Ulysses all-to-all's, then LSS's or ring's, e.g.
+    ulysses-lss (4, 16), ulysses (8, 1), lss (1, 8)."""
+    if shape.sp == 1:
+        return "none (sp = 1)"
+    if shape.outer_method == "ulysses":
+        return f"{shape.sp_method} ({shape.sp}, 1)"
+    return f"{shape.sp_method} ({shape.inner}, {shape.outer})"

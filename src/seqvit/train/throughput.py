@@ -241,7 +241,7 @@ def peak_tflops(train_cfg: dict, device, dtype) -> tuple[float, str]:
         return float(configured), "config key train.peak_tflops"
     device = torch.device(device)
     if device.type == "cuda":  # also ROCm, which torch presents as cuda
-        from seqvit.plan.machine import device_peaks
+        from seqvit.machines import device_peaks
 
         name = _device_name(device)
         found = device_peaks(name)
