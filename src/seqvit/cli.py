@@ -167,8 +167,11 @@ def cmd_evaluate(args):
 
 
 def cmd_provenance(args):
+    import os
+
     from seqvit.layout import Layout
     from seqvit.provenance.crate import build_provenance
+    from seqvit.provenance.record import SNAKEFILE_ENV
 
     cfg = _config(args)
     lay = Layout(cfg)
@@ -179,7 +182,7 @@ def cmd_provenance(args):
         Path(args.snakemake_dir),
         validate=not args.no_validate,
         record_hosts=args.record_hosts,
-        snakefile=Path(args.snakefile),
+        snakefile=Path(args.snakefile or os.environ.get(SNAKEFILE_ENV) or "Snakefile"),
     )
     print(f"wrote {out}")
 
@@ -356,9 +359,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--snakefile",
-        default="Snakefile",
         metavar="FILE",
-        help="the workflow's main Snakefile; it and its rules (workflow/) go into the crate (default: ./Snakefile)",
+        help="the workflow's main Snakefile; it and its rules (workflow/) go into the crate (default: the one the "
+        "workflow names in SEQVIT_SNAKEFILE, else ./Snakefile)",
     )
     p.add_argument("--no-validate", action="store_true", help="skip the RO-Crate validator even when it is installed")
     p.add_argument(

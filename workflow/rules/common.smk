@@ -10,6 +10,7 @@ from seqvit.io import atomic_path
 from seqvit.layout import Layout
 from seqvit.lineage import TRAIN_REPORTING_KEYS
 from seqvit.machines import MACHINES_ENV
+from seqvit.provenance.record import SNAKEFILE_ENV
 from seqvit.plan.walltime import (
     multi_job_warnings,
     sbatch_layout,
@@ -23,6 +24,9 @@ from seqvit.train.slurm import describe_sbatch, predict_resources, seqvit_comman
 # Machine files by name (seqvit plan, walltimes) come from this workflow's checkout, wherever
 # Snakemake runs.
 os.environ.setdefault(MACHINES_ENV, str(Path(workflow.main_snakefile).parent / "config" / "machines"))
+# The provenance stage records this Snakefile and its checkout; not a param, so that a moved
+# checkout reruns nothing.
+os.environ[SNAKEFILE_ENV] = str(workflow.main_snakefile)
 
 LAYOUT = Layout(config)
 RESULTS = str(LAYOUT.root)

@@ -41,8 +41,7 @@ rule provenance:
         # it records the whole configuration (but not where the results folder is)
         settings={k: v for k, v in config.items() if k != "results"},
         code=stage_hash("provenance.crate"),
-        snakefile=workflow.main_snakefile,
     message:
         "Writing the provenance bundle (RO-Crate, methods.md, LaTeX tables)"
     shell:
-        "seqvit provenance --config {params.config:q} --snakefile {params.snakefile:q} > {log:q} 2>&1"
+        "seqvit provenance --config {params.config:q} > {log:q} 2>&1"

@@ -19,6 +19,9 @@ from pathlib import Path
 
 from seqvit.errors import SeqvitError
 
+# The workflow's main Snakefile, set by the workflow for the provenance stage (seqvit provenance)
+SNAKEFILE_ENV = "SEQVIT_SNAKEFILE"
+
 PACKAGES = [
     "seqvit",
     "snakemake",
