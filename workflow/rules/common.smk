@@ -23,7 +23,9 @@ from seqvit.train.slurm import describe_sbatch, predict_resources, seqvit_comman
 
 # Machine files by name (seqvit plan, walltimes) come from this workflow's checkout, wherever
 # Snakemake runs.
-os.environ.setdefault(MACHINES_ENV, str(Path(workflow.main_snakefile).parent / "config" / "machines"))
+os.environ.setdefault(
+    MACHINES_ENV, str(Path(workflow.main_snakefile).parent / "config" / "machines")
+)
 # The provenance stage records this Snakefile and its checkout; not a param, so that a moved
 # checkout reruns nothing.
 os.environ[SNAKEFILE_ENV] = str(workflow.main_snakefile)
